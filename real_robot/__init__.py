@@ -1,0 +1,1 @@
+"""real_robot package of embodied-rl."""
