@@ -1,1 +1,26 @@
-"""rewards package of embodied-rl."""
+"""VLM reward modules behind one interface (:class:`embodied.RewardModel`).
+
+``make_reward(name, **cfg)`` builds one by name; modules are imported lazily so a
+missing optional dependency only matters when that module is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> "module:factory"; each factory takes keyword arguments from the reward config.
+REGISTRY: dict[str, str] = {
+    "clip": "rewards.clip:CLIPReward",
+    "gvl": "rewards.gvl:GVLReward",
+    "vlac": "rewards.vlac:VLACReward",
+    "rlvlmf": "rewards.rlvlmf:RLVLMFReward",
+}
+
+
+def make_reward(name: str, **cfg: Any):
+    """Build the reward module ``name`` (``env`` means: use the environment's reward)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; choose one of: env, {', '.join(sorted(REGISTRY))}")
+    module, factory = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), factory)(**cfg)

@@ -1,0 +1,44 @@
+"""Command-line entry points (Hydra apps) and what they share."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError)
+
+
+def setup_runtime() -> None:
+    """Environment defaults every command needs before heavy imports."""
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sanitize"):
+        OmegaConf.register_new_resolver("sanitize", lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", str(s)))
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Bad input becomes ``error: <what to fix>`` and exit status 2, not a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            if os.environ.get("EMBODIED_TRACEBACK"):
+                raise
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logging.getLogger("embodied").debug("user error", exc_info=True)
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

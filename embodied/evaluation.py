@@ -1,0 +1,62 @@
+"""Policy evaluation: success rate, return, final progress, and an mp4 of the rollouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from embodied.driver import unbatch
+
+
+def _batch(obs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obs.items():
+        if isinstance(value, dict):
+            out[key] = _batch(value)
+        elif key == "instruction":
+            out[key] = [value]
+        else:
+            out[key] = np.asarray(value)[None]
+    return out
+
+
+def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | None = None,
+             video_episodes: int = 2, fps: int = 20, deterministic: bool = True,
+             policy_fn: Callable | None = None) -> dict[str, float]:
+    """Run ``episodes`` episodes of ``policy`` in ``env`` (one env, seeded per episode)."""
+    act = policy_fn or (lambda o: policy.act(o, deterministic=deterministic))
+    returns, successes, progress, lengths = [], [], [], []
+    frames: list[np.ndarray] = []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed + ep)
+        done, ret, success, length = False, 0.0, False, 0
+        record = video_path is not None and ep < video_episodes
+        while not done:
+            if record:
+                frames.append(env.render())
+            action = np.asarray(act(_batch(obs)), np.float32)
+            if action.ndim == 3:  # action chunk: execute the first action
+                action = action[:, 0]
+            obs, reward, terminated, truncated, info = env.step(action[0])
+            ret += float(reward)
+            success |= bool(info.get("success", False))
+            length += 1
+            done = terminated or truncated
+        if record:
+            frames.append(env.render())
+        returns.append(ret)
+        successes.append(success)
+        progress.append(float(info.get("progress", np.nan)))
+        lengths.append(length)
+    if video_path is not None and frames:
+        from envs.wrappers import write_video
+
+        write_video(video_path, frames, fps=fps)
+    return {"eval/return": float(np.mean(returns)), "eval/success": float(np.mean(successes)),
+            "eval/final_progress": float(np.nanmean(progress)) if not np.all(np.isnan(progress)) else float("nan"),
+            "eval/length": float(np.mean(lengths)), "eval/episodes": episodes}
+
+
+__all__ = ["evaluate", "unbatch"]

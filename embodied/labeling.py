@@ -1,0 +1,149 @@
+"""Reward labeling between the env loop and the replay.
+
+Three paths, chosen by the reward model's declaration:
+
+* **env reward** (no model): transitions go into the replay labeled.
+* **cheap frame models** (CLIP VLM-RM, the RL-VLM-F reward net): transitions enter the
+  replay unlabeled and are scored in batches of ``chunk`` frames, inline.
+* **asynchronous models** (GVL, VLAC — a VLM query per episode): each finished episode is
+  labeled on a worker thread; the env loop never waits. Transitions stay unlabeled, and
+  so cannot be sampled, until their labels arrive.
+
+Allowed staleness: while more than ``max_pending`` episodes wait for labels the learner
+pauses its updates (the env keeps running); the skipped updates are owed and made up
+once labels arrive, so the update-to-data ratio still holds over the run. An episode
+whose labeling failed stays unlabeled (never sampled) and is counted, never zero-filled.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from embodied.contracts import EpisodeLabels, RewardModel, Transition
+
+
+class RewardLabeler:
+    def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
+                 chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
+                 feedback_every: int = 0, feedback_queries: int = 0):
+        self.replay = replay
+        self.model = model
+        self.camera = camera
+        self.chunk = chunk
+        self.max_pending = max_pending
+        self.scale = scale
+        self.feedback_every = feedback_every
+        self.feedback_queries = feedback_queries
+        self._pending_slots: list[int] = []
+        self._pending_instr: list[str] = []
+        self._episode_slots: dict[int, list[int]] = defaultdict(list)
+        self._futures: dict[int, tuple[Future, list[int]]] = {}
+        self._pool = ThreadPoolExecutor(workers) if model is not None and model.asynchronous else None
+        self._steps = 0
+        self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
+        self.failed: list[dict[str, Any]] = []
+
+    @property
+    def mode(self) -> str:
+        if self.model is None:
+            return "env"
+        return "async" if self.model.asynchronous else "inline"
+
+    # -- per transition -------------------------------------------------------------
+    def add(self, t: Transition, env_index: int = 0) -> None:
+        if self.model is None:
+            self.replay.add(t, labeled=True)
+            return
+        slot = int(self.replay.add(t, labeled=False))
+        self._steps += 1
+        if self._pool is None:
+            self._pending_slots.append(slot)
+            self._pending_instr.append(t.obs.get("instruction", ""))
+            if len(self._pending_slots) >= self.chunk:
+                self.flush()
+        else:
+            slots = self._episode_slots[t.episode_id]
+            slots.append(slot)
+            if t.terminated or t.truncated:
+                self._submit(t.episode_id, self._episode_slots.pop(t.episode_id), t.obs.get("instruction", ""))
+
+    # -- inline frame models ------------------------------------------------------------
+    def flush(self) -> None:
+        """Score every pending transition now (inline path)."""
+        if not self._pending_slots:
+            return
+        slots = np.asarray(self._pending_slots)
+        instr = np.asarray(self._pending_instr)
+        rewards = np.empty(len(slots), np.float32)
+        for text in np.unique(instr):
+            idx = np.flatnonzero(instr == text)
+            frames = self.replay.frames(slots[idx], self.camera, next=True)
+            rewards[idx] = self.model.score_frames(frames, str(text))
+        self.replay.set_rewards(slots, rewards * self.scale)
+        self._pending_slots.clear()
+        self._pending_instr.clear()
+
+    def maybe_feedback(self, env_step: int) -> dict[str, float]:
+        """PEBBLE-style schedule for trainable models: a feedback round every N env steps."""
+        if not (self.model is not None and self.model.trainable and self.feedback_every):
+            return {}
+        if env_step == 0 or env_step % self.feedback_every:
+            return {}
+        self.flush()
+        metrics = self.model.feedback_round(self.replay, self.feedback_queries)
+        self.stats["feedback_rounds"] += 1
+        return {f"reward/{k}": float(v) for k, v in metrics.items()}
+
+    # -- asynchronous episode models -----------------------------------------------------
+    def _submit(self, episode_id: int, slots: list[int], instruction: str) -> None:
+        idx = np.asarray(slots)
+        # Read frames now, on the loop's thread: the worker never touches the replay.
+        first = self.replay.frames(idx[:1], self.camera, next=False)
+        rest = self.replay.frames(idx, self.camera, next=True)
+        frames = np.concatenate([first, rest])
+        future = self._pool.submit(self.model.label_episode, frames, instruction)
+        self._futures[episode_id] = (future, slots)
+
+    def poll(self) -> None:
+        """Write labels of finished asynchronous episodes into the replay."""
+        for eid in [e for e, (f, _) in self._futures.items() if f.done()]:
+            future, slots = self._futures.pop(eid)
+            try:
+                labels: EpisodeLabels = future.result()
+            except Exception as exc:  # a crashed query must not kill the run
+                labels = EpisodeLabels.failed(len(slots), f"{type(exc).__name__}: {exc}")
+            if labels.ok and len(labels.rewards) == len(slots):
+                self.replay.set_rewards(np.asarray(slots), np.asarray(labels.rewards, np.float32) * self.scale)
+                self.stats["labeled_episodes"] += 1
+            else:
+                self.stats["failed_episodes"] += 1
+                self.failed.append({"episode_id": eid, "error": labels.error or "label length mismatch"})
+
+    @property
+    def pending(self) -> int:
+        return len(self._futures)
+
+    def learner_may_update(self) -> bool:
+        return self.pending <= self.max_pending
+
+    def close(self, wait: bool = True) -> None:
+        self.flush()
+        if self._pool is not None:
+            if wait:
+                for future, _ in list(self._futures.values()):
+                    future.exception()
+                self.poll()
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict() if self.model is not None else {},
+                "stats": {k: int(v) for k, v in self.stats.items()}}
+
+    def load_state_dict(self, state) -> None:
+        if self.model is not None and state.get("model"):
+            self.model.load_state_dict(state["model"])
+        self.stats.update({k: int(v) for k, v in state.get("stats", {}).items()})

@@ -1,0 +1,231 @@
+"""The training loop shared by every learner, reward and environment.
+
+env --> Driver --> RewardLabeler --> replay (+ offline data) --> learner.update --> policy
+Every ``checkpoint.every`` env steps the learner, the replay, the labeler and the
+counters are saved together atomically; ``resume=true`` continues from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from embodied import checkpoint
+from embodied.driver import Driver
+from embodied.evaluation import evaluate
+from embodied.labeling import RewardLabeler
+from embodied.logging import Logger
+
+log = logging.getLogger("embodied")
+
+
+def env_kwargs(cfg_env: DictConfig) -> dict[str, Any]:
+    kw = OmegaConf.to_container(cfg_env, resolve=True)
+    kw.pop("name")
+    return kw
+
+
+def learner_space(obs_space, inputs):
+    """The part of the observation space the learner reads (``learner.inputs``)."""
+    import gymnasium as gym
+
+    missing = [k for k in inputs if k not in obs_space.spaces]
+    if missing:
+        raise ValueError(f"learner.inputs asks for {missing} but the env observes only "
+                         f"{sorted(obs_space.spaces)}; set env.pixels=true or change learner.inputs")
+    return gym.spaces.Dict({k: obs_space[k] for k in inputs})
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        import envs
+        from embodied.learners import make_learner
+        from embodied.replay import MixedReplay, Replay
+
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        kw = env_kwargs(cfg.env)
+        reward_name = cfg.reward.name
+        self.reward_model = None
+        if reward_name != "env":
+            from rewards import make_reward
+
+            rkw = OmegaConf.to_container(cfg.reward, resolve=True)
+            rkw.pop("name")
+            labeler_kw = {k: rkw.pop(k) for k in ("chunk", "max_pending", "workers", "scale",
+                                                  "feedback_every", "feedback_queries") if k in rkw}
+            self.reward_model = make_reward(reward_name, **rkw)
+            kw["pixels"] = True  # reward models read frames, whatever the learner reads
+        self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
+        self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
+        obs_space = self.venv.single_observation_space
+        act_space = self.venv.single_action_space
+        camera = None
+        if self.reward_model is not None:
+            cams = list(obs_space["pixels"].spaces)
+            camera = self.reward_model.camera or cams[0]
+            if camera not in cams:
+                raise ValueError(f"reward camera {camera!r} is not among the env cameras {cams}; set reward.camera")
+        self.online = Replay(cfg.train.replay_capacity, obs_space, act_space, n_step=cfg.train.n_step,
+                             gamma=cfg.train.gamma, seed=cfg.seed)
+        self.replay = self.online
+        self.offline = None
+        if cfg.train.get("dataset"):
+            from embodied.datasets import load_replay
+
+            self.offline = load_replay(cfg.train.dataset, obs_space, act_space, n_step=cfg.train.n_step,
+                                       gamma=cfg.train.gamma, seed=cfg.seed)
+            self.replay = MixedReplay(self.online, self.offline, offline_ratio=cfg.train.offline_ratio)
+        lcfg = OmegaConf.to_container(cfg.learner, resolve=True)
+        lname = lcfg.pop("name")
+        inputs = lcfg.pop("inputs", ["state"])
+        lcfg.setdefault("device", cfg.device)
+        self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
+        self.sample_rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
+        self.labeler = RewardLabeler(self.online, self.reward_model, camera=camera, **(labeler_kw if self.reward_model else {}))
+        self.driver = Driver(self.venv)
+        self.driver.on_transition(self.labeler.add)
+        self.driver.on_episode(self._on_episode)
+        self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
+        self._recent: list[dict[str, Any]] = []
+
+    # -- callbacks ------------------------------------------------------------------------
+    def _on_episode(self, summary: dict[str, Any], env_index: int) -> None:
+        self.counters["episodes"] += 1
+        self._recent.append(summary)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
+                 "labeler": self.labeler.state_dict(), "counters": dict(self.counters),
+                 "next_episode": self.driver.episodes_started,
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.online.load_state_dict(state["online"])
+        self.labeler.load_state_dict(state["labeler"])
+        self.counters.update(state["counters"])
+        self.driver = Driver(self.venv, episode_offset=int(state["next_episode"]))
+        self.driver.on_transition(self.labeler.add)
+        self.driver.on_episode(self._on_episode)
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self) -> Path:
+        self.labeler.flush()
+        return checkpoint.save(self.dir / "checkpoints", self.counters["env_steps"], self.state_dict(),
+                               keep=self.cfg.checkpoint.keep)
+
+    # -- acting ---------------------------------------------------------------------------
+    def _act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self.counters["env_steps"] < self.cfg.train.warmup_steps:
+            shape = (self.venv.num_envs, *self.venv.single_action_space.shape)
+            return self.rng.uniform(-1, 1, shape).astype(np.float32)
+        return self.learner.policy().act(obs, deterministic=False)
+
+    def _update(self) -> dict[str, float]:
+        batch = self.replay.sample_torch(self.sample_rows, device=self.cfg.device)
+        self.counters["updates"] += 1
+        return self.learner.update(batch)
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, logger: Logger) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        final: dict[str, float] = {}
+        # Offline phase (IQL on a dataset, or RLPD pre-training): updates on offline data only.
+        todo = cfg.train.offline_updates - self.counters["offline_updates"]
+        if todo > 0:
+            if self.offline is None:
+                raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
+            bar = tqdm(total=cfg.train.offline_updates, initial=self.counters["offline_updates"], desc="offline", unit="upd")
+            while self.counters["offline_updates"] < cfg.train.offline_updates:
+                metrics = self.learner.update(self.offline.sample_torch(self.sample_rows, device=cfg.device))
+                self.counters["offline_updates"] += 1
+                bar.update(1)
+                n = self.counters["offline_updates"]
+                if n % cfg.log.every == 0:
+                    logger.log(n, {f"offline/{k}": v for k, v in metrics.items()})
+                if n % cfg.checkpoint.every == 0 or n == cfg.train.offline_updates:
+                    self.save()
+            bar.close()
+            if cfg.train.total_steps == 0:
+                final = self.evaluate(logger, tag="offline")
+        total = cfg.train.total_steps
+        if self.counters["env_steps"] >= total:
+            return final or self.evaluate(logger)
+        self.driver.reset(seed=cfg.seed + self.counters["env_steps"])
+        bar = tqdm(total=total, initial=self.counters["env_steps"], desc="train", unit="step")
+        metrics: dict[str, float] = {}
+        t0, s0 = time.time(), self.counters["env_steps"]
+        while self.counters["env_steps"] < total:
+            n = self.driver.step(self._act)
+            prev = self.counters["env_steps"]
+            self.counters["env_steps"] += n
+            step = self.counters["env_steps"]
+            self.labeler.poll()
+            metrics.update(self.labeler.maybe_feedback(step))
+            if step >= cfg.train.learning_starts and len(self.replay) > 0:
+                self.counters["debt"] = min(self.counters["debt"] + n, cfg.train.max_update_debt)
+                while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self._labeled() >= self.sample_rows:
+                    metrics.update(self._update())
+                    self.counters["debt"] -= 1
+            bar.update(n)
+            if _crossed(prev, step, cfg.log.every):
+                row = self._train_row(metrics, step, (step - s0) / max(time.time() - t0, 1e-9))
+                logger.log(step, row)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
+                                 if k in ("train/return", "train/success", "loss/critic", "alpha")})
+            if _crossed(prev, step, cfg.eval.every) or step >= total:
+                final = self.evaluate(logger)
+                bar.set_postfix({"eval_success": f"{final['eval/success']:.2f}"})
+            if _crossed(prev, step, cfg.checkpoint.every) or step >= total:
+                self.save()
+        bar.close()
+        self.labeler.close()
+        return final
+
+    def _labeled(self) -> int:
+        return self.replay.num_labeled() if hasattr(self.replay, "num_labeled") else len(self.replay)
+
+    def _train_row(self, metrics: dict[str, float], step: int, sps: float) -> dict[str, float]:
+        row = dict(metrics)
+        if self._recent:
+            row["train/return"] = float(np.mean([e["return"] for e in self._recent]))
+            row["train/success"] = float(np.mean([e["success"] for e in self._recent]))
+            row["train/progress"] = float(np.nanmean([e["progress"] for e in self._recent]))
+            self._recent.clear()
+        row.update({"perf/env_steps_per_s": sps, "perf/updates": self.counters["updates"],
+                    "reward/pending_episodes": self.labeler.pending,
+                    "reward/failed_episodes": self.labeler.stats["failed_episodes"]})
+        return row
+
+    def evaluate(self, logger: Logger, tag: str = "") -> dict[str, float]:
+        step = self.counters["env_steps"]
+        name = f"eval_{tag + '_' if tag else ''}{step:08d}.mp4"
+        video = self.dir / "videos" / name if self.cfg.eval.video_episodes > 0 else None
+        result = evaluate(self.learner.policy(), self.eval_env, self.cfg.eval.episodes,
+                          seed=self.cfg.seed + 100_000, video_path=video, video_episodes=self.cfg.eval.video_episodes)
+        logger.log(step, result)
+        logger.plot()
+        log.info("eval at %d steps: success %.2f return %.2f", step, result["eval/success"], result["eval/return"])
+        return result
+
+    def close(self) -> None:
+        self.venv.close()
+        self.eval_env.close()
+
+
+def _crossed(prev: int, now: int, every: int) -> bool:
+    return every > 0 and prev // every != now // every
