@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against peers measured in the same run (never timed in tests)."""
