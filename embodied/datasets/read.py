@@ -1,0 +1,182 @@
+"""Read LeRobotDatasets back: whole episodes as numpy arrays, transitions, a filled replay.
+
+Any LeRobotDataset (v3) works, not only ones this project recorded: cameras are the
+``observation.images.*`` features (video or image), the state is ``observation.state``
+when present, the reward a chosen column (``next.reward`` after ``embodied-label``,
+``gt.reward`` for the simulator's ground truth).
+
+Row ``t`` is the transition ``frame t --action t--> frame t+1``. The last row of an
+episode has no stored successor: its ``next_obs`` is its own observation (as LeRobot's
+own offline buffer does) and it is terminal when ``next.terminated`` (or, lacking that
+column, ``next.done``) says so; otherwise it bootstraps from its own value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from embodied.contracts import Transition
+from embodied.datasets.record import IMAGE_PREFIX, STATE_KEY
+
+SKIP_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+def open_dataset(source: str | Path, download_videos: bool = True):
+    """A LeRobotDataset from a local folder (holding ``meta/info.json``) or a hub id."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "meta" / "info.json").exists():
+            raise FileNotFoundError(f"{path} is not a LeRobotDataset folder: meta/info.json is missing")
+        return LeRobotDataset(f"local/{path.name}", root=path)
+    if str(source).count("/") != 1:
+        raise FileNotFoundError(f"dataset {source!r} is neither a local folder nor a hub id like 'user/name'")
+    try:
+        return LeRobotDataset(str(source), download_videos=download_videos)
+    except Exception as e:  # noqa: BLE001 - the hub raises many types; say what to fix
+        raise FileNotFoundError(f"could not load hub dataset {source!r} ({type(e).__name__}: {e}); "
+                                "download it first or pass a local folder") from e
+
+
+def camera_names(ds) -> list[str]:
+    """Camera names (``observation.images.<name>``) of a dataset."""
+    return [k[len(IMAGE_PREFIX):] for k in ds.meta.camera_keys if k.startswith(IMAGE_PREFIX)]
+
+
+@dataclass
+class Episode:
+    """One episode of ``T`` rows as numpy arrays."""
+
+    index: int
+    task: str
+    frames: dict[str, np.ndarray]  # cam -> (T, H, W, 3) uint8
+    action: np.ndarray  # (T, A) float32
+    state: np.ndarray | None = None  # (T, D) float32
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # every other numeric column, (T,) or (T, k)
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+def episode_rows(ds, index: int) -> tuple[int, int]:
+    """[start, stop) row range of episode ``index`` in the dataset's frames."""
+    ep = ds.meta.episodes[index]
+    return int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
+
+
+def _decode(ds, index: int, key: str, timestamps: np.ndarray) -> np.ndarray:
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    ep = ds.meta.episodes[index]
+    start = float(ep[f"videos/{key}/from_timestamp"])
+    path = ds.root / ds.meta.get_video_file_path(index, key)
+    frames = decode_video_frames(path, [start + float(t) for t in timestamps], ds.tolerance_s,
+                                 ds._video_backend, return_uint8=True)
+    return frames.permute(0, 2, 3, 1).numpy()
+
+
+def read_episode(ds, index: int, cameras: Sequence[str] | None = None) -> Episode:
+    """Episode ``index`` with the frames of ``cameras`` (default: all; ``[]``: none)."""
+    start, stop = episode_rows(ds, index)
+    rows = ds.hf_dataset.with_format("numpy")[start:stop]
+    cams = camera_names(ds) if cameras is None else list(cameras)
+    frames = {}
+    for cam in cams:
+        key = IMAGE_PREFIX + cam
+        if key not in ds.meta.features:
+            raise ValueError(f"dataset has no camera {cam!r}; cameras: {camera_names(ds)}")
+        if ds.meta.features[key]["dtype"] == "video":
+            frames[cam] = _decode(ds, index, key, rows["timestamp"])
+        else:  # stored as images
+            frames[cam] = np.stack([np.asarray(img.convert("RGB")) for img in ds.hf_dataset[start:stop][key]])
+    tasks = ds.hf_dataset[start:start + 1]["task_index"]
+    task = ds.meta.tasks.index[int(np.asarray(tasks).reshape(-1)[0])]
+    columns = {k: np.asarray(v) for k, v in rows.items()
+               if k not in SKIP_COLUMNS and k not in ("action", STATE_KEY) and not k.startswith(IMAGE_PREFIX)
+               and np.asarray(v).dtype.kind in "biuf"}
+    state = np.asarray(rows[STATE_KEY], np.float32) if STATE_KEY in rows else None
+    return Episode(index, str(task), frames, np.asarray(rows["action"], np.float32), state, columns)
+
+
+def iter_episodes(ds, cameras: Sequence[str] | None = None, episodes: Sequence[int] | None = None) -> Iterator[Episode]:
+    for index in range(ds.meta.total_episodes) if episodes is None else episodes:
+        yield read_episode(ds, int(index), cameras)
+
+
+def _flat(x: np.ndarray | None, n: int, default: Any) -> np.ndarray:
+    return np.full(n, default) if x is None else np.asarray(x).reshape(n, -1)[:, 0]
+
+
+def episode_transitions(ep: Episode, reward_key: str = "next.reward", episode_id: int | None = None) -> list[Transition]:
+    """The episode's rows as transitions (rewards from ``reward_key``)."""
+    if reward_key not in ep.columns:
+        raise ValueError(f"episode {ep.index} has no {reward_key!r} column; columns: {sorted(ep.columns)}")
+    T = len(ep)
+    rewards = _flat(ep.columns[reward_key], T, 0.0).astype(np.float32)
+    if not np.isfinite(rewards).all():
+        raise ValueError(f"episode {ep.index} has non-finite {reward_key!r} values (failed labels?); "
+                         "drop it or relabel")
+    done = _flat(ep.columns.get("next.done"), T, False).astype(bool)
+    terminated = _flat(ep.columns.get("next.terminated", ep.columns.get("next.done")), T, False).astype(bool)
+    success = _flat(ep.columns.get("gt.success"), T, False).astype(bool)
+    progress = _flat(ep.columns.get("gt.progress"), T, np.nan).astype(np.float32)
+
+    def obs(t: int) -> dict:
+        o: dict[str, Any] = {"instruction": ep.task}
+        if ep.frames:
+            o["pixels"] = {c: f[t] for c, f in ep.frames.items()}
+        if ep.state is not None:
+            o["state"] = ep.state[t]
+        return o
+
+    out = []
+    for t in range(T):
+        last = t == T - 1
+        out.append(Transition(
+            obs=obs(t), action=ep.action[t], reward=float(rewards[t]), next_obs=obs(t + 1 if not last else t),
+            terminated=bool(terminated[t]) and last, truncated=last and not bool(terminated[t]),
+            is_first=t == 0, episode_id=ep.index if episode_id is None else episode_id, step=t,
+            info={"success": bool(success[t]), "progress": float(progress[t]), "done": bool(done[t])}))
+    return out
+
+
+def dataset_spaces(ds, cameras: Sequence[str] | None = None):
+    """(observation_space, action_space) of the dataset as gymnasium spaces."""
+    from gymnasium import spaces
+
+    obs: dict[str, Any] = {}
+    cams = camera_names(ds) if cameras is None else list(cameras)
+    if cams:
+        obs["pixels"] = spaces.Dict({c: spaces.Box(0, 255, tuple(ds.meta.features[IMAGE_PREFIX + c]["shape"]), np.uint8)
+                                     for c in cams})
+    if STATE_KEY in ds.meta.features:
+        obs["state"] = spaces.Box(-np.inf, np.inf, tuple(ds.meta.features[STATE_KEY]["shape"]), np.float32)
+    if "action" not in ds.meta.features:
+        raise ValueError("dataset has no 'action' column; offline RL needs actions")
+    action = spaces.Box(-1.0, 1.0, tuple(ds.meta.features["action"]["shape"]), np.float32)
+    return spaces.Dict(obs), action
+
+
+def load_replay(source, reward_key: str = "next.reward", cameras: Sequence[str] | None = None,
+                capacity: int | None = None, n_step: int = 1, gamma: float = 0.99, seed: int = 0):
+    """A :class:`embodied.replay.Replay` holding every row of the dataset as offline data.
+
+    ``cameras=[]`` loads state only (fast); default: every camera.
+    """
+    from embodied.replay import Replay
+
+    ds = source if hasattr(source, "meta") else open_dataset(source)
+    if reward_key not in ds.meta.features:
+        raise ValueError(f"dataset has no {reward_key!r} column; label it with embodied-label "
+                         "or pick reward_key=gt.reward for ground truth")
+    obs_space, action_space = dataset_spaces(ds, cameras)
+    replay = Replay(capacity or ds.meta.total_frames, obs_space, action_space, n_step=n_step, gamma=gamma, seed=seed)
+    for ep in iter_episodes(ds, cameras):
+        for t in episode_transitions(ep, reward_key):
+            replay.add(t)
+    return replay

@@ -1,0 +1,143 @@
+"""Record episodes as a LeRobotDataset (LeRobot's own writer: ``create`` / ``add_frame`` /
+``save_episode`` / ``finalize``).
+
+One row per environment step, LeRobot's convention: row ``t`` holds the observation the
+action was taken in, the action, and what followed it (``next.*``, ``gt.*``). The final
+observation of an episode is not stored (LeRobot datasets never hold it); readers use
+the last row's own observation as its successor.
+
+Columns written:
+
+``observation.images.<cam>``  video (H, W, 3) per camera
+``observation.state``         float32 (D,), when the env has a state
+``action``                    float32 (A,) in [-1, 1]
+``next.done``                 bool, the episode ended after this step (terminated or truncated)
+``next.terminated``           bool, ended without bootstrapping (success / failure state)
+``gt.reward``                 float32, the simulator's reward: ground truth, never a label
+``gt.success``                bool, ``info["success"]`` after the step (False when absent)
+``gt.progress``               float32, ``info["progress"]`` after the step (NaN when absent)
+``task``                      the instruction (``obs["instruction"]`` or ``task=``)
+
+Labels written later by ``embodied-label`` go to ``next.reward`` / ``progress`` /
+``success``, so ground truth and labels cannot be confused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from embodied.contracts import Obs, Transition
+
+IMAGE_PREFIX = "observation.images."
+STATE_KEY = "observation.state"
+GT_COLUMNS = ("gt.reward", "gt.success", "gt.progress")
+
+
+def dataset_features(obs: Obs, action_dim: int) -> dict[str, dict]:
+    """LeRobot feature spec for observations shaped like ``obs``."""
+    features: dict[str, dict] = {}
+    for cam, img in (obs.get("pixels") or {}).items():
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"camera {cam!r} must give (H, W, 3) uint8 images, got {img.shape} {img.dtype}")
+        features[IMAGE_PREFIX + cam] = {"dtype": "video", "shape": tuple(img.shape), "names": ["height", "width", "channels"]}
+    if "state" in obs:
+        features[STATE_KEY] = {"dtype": "float32", "shape": (int(np.asarray(obs["state"]).size),), "names": None}
+    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": None}
+    for key, dtype in [("next.done", "bool"), ("next.terminated", "bool"), ("gt.reward", "float32"),
+                       ("gt.success", "bool"), ("gt.progress", "float32")]:
+        features[key] = {"dtype": dtype, "shape": (1,), "names": None}
+    return features
+
+
+class DatasetRecorder:
+    """Writes transitions into a new LeRobotDataset at ``root``.
+
+    Feed it step by step with :meth:`add` (an episode is saved when a transition is
+    ``done``) or whole episodes with :meth:`add_episode`; call :meth:`close` at the end
+    (or use it as a context manager). The dataset's features are taken from the first
+    transition.
+    """
+
+    def __init__(self, root: str | Path, fps: int = 10, task: str | None = None,
+                 repo_id: str | None = None, robot_type: str | None = None, cameras: list[str] | None = None):
+        self.root = Path(root)
+        if self.root.exists() and any(self.root.iterdir()):
+            raise FileExistsError(f"dataset folder {self.root} already exists and is not empty; pick a new path")
+        self.fps = fps
+        self.task = task
+        self.repo_id = repo_id or f"local/{self.root.name}"
+        self.robot_type = robot_type
+        self.cameras = cameras  # None: every camera in the observation
+        self.dataset = None
+        self.num_episodes = 0
+        self._pending = 0
+
+    def _create(self, t: Transition) -> None:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        obs = self._select(t.obs)
+        features = dataset_features(obs, int(np.asarray(t.action).size))
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.dataset = LeRobotDataset.create(self.repo_id, fps=self.fps, features=features, root=self.root,
+                                             robot_type=self.robot_type, use_videos=True)
+
+    def _select(self, obs: Obs) -> Obs:
+        if self.cameras is None or "pixels" not in obs:
+            return obs
+        missing = [c for c in self.cameras if c not in obs["pixels"]]
+        if missing:
+            raise ValueError(f"cameras {missing} not in the observation (has {sorted(obs['pixels'])})")
+        return {**obs, "pixels": {c: obs["pixels"][c] for c in self.cameras}}
+
+    def add(self, t: Transition) -> None:
+        """Append one step; saves the episode when ``t.done``."""
+        if self.dataset is None:
+            self._create(t)
+        obs = self._select(t.obs)
+        task = obs.get("instruction") or self.task
+        if not task:
+            raise ValueError("no instruction in the observation: pass task= to DatasetRecorder")
+        info = t.info or {}
+        frame: dict[str, Any] = {IMAGE_PREFIX + c: np.asarray(img) for c, img in (obs.get("pixels") or {}).items()}
+        if "state" in obs:
+            frame[STATE_KEY] = np.asarray(obs["state"], np.float32).reshape(-1)
+        frame["action"] = np.asarray(t.action, np.float32).reshape(-1)
+        frame["next.done"] = np.array([t.done])
+        frame["next.terminated"] = np.array([t.terminated])
+        frame["gt.reward"] = np.array([t.reward], np.float32)
+        frame["gt.success"] = np.array([bool(info.get("success", False))])
+        frame["gt.progress"] = np.array([info.get("progress", np.nan)], np.float32)
+        frame["task"] = str(task)
+        self.dataset.add_frame(frame)
+        self._pending += 1
+        if t.done:
+            self.end_episode()
+
+    def end_episode(self) -> None:
+        """Save the steps added since the last episode (no-op when there are none)."""
+        if self._pending:
+            self.dataset.save_episode()
+            self.num_episodes += 1
+            self._pending = 0
+
+    def add_episode(self, transitions: Iterable[Transition]) -> None:
+        for t in transitions:
+            self.add(t)
+        self.end_episode()
+
+    def close(self) -> Path:
+        """Save any open episode and finalize the dataset files."""
+        if self.dataset is not None:
+            self.end_episode()
+            self.dataset.finalize()
+        return self.root
+
+    def __enter__(self) -> "DatasetRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

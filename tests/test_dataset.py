@@ -1,0 +1,67 @@
+"""Recording episodes into a LeRobotDataset and reading them back."""
+
+import numpy as np
+import pytest
+
+from embodied.contracts import Transition
+from embodied.datasets.read import episode_transitions, iter_episodes, open_dataset, read_episode
+from embodied.datasets.record import DatasetRecorder
+
+
+def make_episode(ep_id, T=12, size=32, terminated=True, seed=0):
+    rng = np.random.default_rng(seed + ep_id)
+    out = []
+    for t in range(T):
+        obs = {"pixels": {"front": np.full((size, size, 3), 20 * t % 255, np.uint8)},
+               "state": rng.normal(size=3).astype(np.float32), "instruction": f"task {ep_id % 2}"}
+        last = t == T - 1
+        out.append(Transition(obs, rng.uniform(-1, 1, 2).astype(np.float32), float(t), obs,
+                              terminated=last and terminated, truncated=last and not terminated,
+                              is_first=t == 0, episode_id=ep_id, step=t,
+                              info={"success": last and terminated, "progress": t / T}))
+    return out
+
+
+def test_record_then_read_roundtrip(tmp_path):
+    episodes = [make_episode(0), make_episode(1, T=7, terminated=False)]
+    with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
+        for t in episodes[0]:
+            rec.add(t)  # step by step: saved when done
+        rec.add_episode(episodes[1])
+    ds = open_dataset(tmp_path / "ds")
+    assert ds.meta.total_episodes == 2 and ds.meta.total_frames == 19
+    assert set(ds.meta.features) >= {"observation.images.front", "observation.state", "action", "next.done",
+                                     "next.terminated", "gt.reward", "gt.success", "gt.progress"}
+    assert "next.reward" not in ds.meta.features  # ground truth never poses as a label
+    read = list(iter_episodes(ds))
+    for ep, src in zip(read, episodes):
+        assert ep.task == src[0].obs["instruction"]
+        np.testing.assert_allclose(ep.action, np.stack([t.action for t in src]))
+        np.testing.assert_allclose(ep.state, np.stack([t.obs["state"] for t in src]))
+        np.testing.assert_allclose(ep.columns["gt.reward"], [t.reward for t in src])
+        frames = ep.frames["front"]
+        assert frames.dtype == np.uint8 and frames.shape == (len(src), 32, 32, 3)
+        want = np.stack([t.obs["pixels"]["front"] for t in src]).astype(float)
+        assert np.abs(frames.astype(float) - want).mean() < 6  # lossy video, right frames in order
+    trans = episode_transitions(read[0], "gt.reward")
+    assert trans[-1].terminated and not trans[-1].truncated and trans[-1].info["success"]
+    assert not any(t.terminated for t in trans[:-1])
+    np.testing.assert_allclose(trans[3].next_obs["state"], trans[4].obs["state"])
+    trans = episode_transitions(read[1], "gt.reward")
+    assert trans[-1].truncated and not trans[-1].terminated
+
+
+def test_reading_state_only_and_bad_input(tmp_path):
+    with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
+        rec.add_episode(make_episode(0, T=5))
+    ds = open_dataset(tmp_path / "ds")
+    ep = read_episode(ds, 0, cameras=[])
+    assert ep.frames == {} and ep.state.shape == (5, 3)
+    with pytest.raises(ValueError, match="no camera 'wrist'"):
+        read_episode(ds, 0, cameras=["wrist"])
+    with pytest.raises(ValueError, match="next.reward"):
+        episode_transitions(ep, "next.reward")
+    with pytest.raises(FileNotFoundError, match="meta/info.json"):
+        open_dataset(tmp_path)
+    with pytest.raises(FileExistsError):
+        DatasetRecorder(tmp_path / "ds")
