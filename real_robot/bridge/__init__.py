@@ -1,0 +1,1 @@
+"""The actor <-> learner bridge: wire schema, ZMQ transport with CURVE, keys, spool."""

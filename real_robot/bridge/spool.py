@@ -1,0 +1,206 @@
+"""Append-only, crash-safe record files: the actor's spool and the learner's durable log.
+
+A spool is a folder of segment files ``seg_<n>.spool``. Each record is a list of byte
+frames (exactly the frames of a bridge message, so resending reads and sends them):
+
+    magic b"ESP1" | u32 frame count | u64 payload bytes | u32 crc32 of payload
+    payload = for each frame: u64 length | bytes
+
+Records are only appended. A record cut short by a crash (or with a bad checksum) ends
+the readable part of its segment; on open the tail is truncated so appends resume
+cleanly. Nothing is unpickled: frames come back as bytes and go through the schema.
+
+fsync policy (``fsync=``):
+    ``"batch"``    fsync after every :meth:`Spool.append` (or once per group with
+                   ``sync=False`` + :meth:`Spool.sync`): a record survives power loss;
+    ``"interval"`` fsync at most every ``interval`` seconds: a record survives a process
+                   crash or SIGKILL (it is in the OS page cache once ``append`` returns)
+                   and at most ``interval`` seconds are lost to a power cut;
+    ``"never"``    leave it to the OS (survives process crashes only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+MAGIC = b"ESP1"
+HEAD = struct.Struct("<4sIQI")
+LEN = struct.Struct("<Q")
+MAX_RECORD = 1 << 31
+FSYNC_POLICIES = ("batch", "interval", "never")
+
+
+class Position(NamedTuple):
+    segment: int
+    offset: int
+
+
+class Spool:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        fsync: str = "batch",
+        interval: float = 1.0,
+        segment_bytes: int = 64 << 20,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"spool fsync policy {fsync!r} unknown; one of {FSYNC_POLICIES}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fsync, self.interval, self.segment_bytes = fsync, interval, segment_bytes
+        self._last_sync = time.monotonic()
+        segs = self.segments()
+        self._seg = segs[-1] if segs else 0
+        path = self._path(self._seg)
+        good = self._scan_end(path) if path.exists() else 0
+        self._file = open(path, "ab")
+        if self._file.tell() != good:  # drop a torn tail left by a crash
+            self._file.truncate(good)
+            self._file.seek(good)
+        self._dirty = False
+
+    def _path(self, seg: int) -> Path:
+        return self.folder / f"seg_{seg:08d}.spool"
+
+    def segments(self) -> list[int]:
+        return sorted(int(p.stem[4:]) for p in self.folder.glob("seg_*.spool"))
+
+    @property
+    def current_segment(self) -> int:
+        return self._seg
+
+    def end(self) -> Position:
+        return Position(self._seg, self._file.tell())
+
+    def append(self, frames: Sequence, sync: bool = True) -> Position:
+        """Write one record; returns the position where it starts."""
+        if self._file.tell() >= self.segment_bytes:
+            self._rotate()
+        views = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames]
+        lens = [LEN.pack(len(v)) for v in views]
+        size = sum(len(v) for v in views) + LEN.size * len(views)
+        if size > MAX_RECORD:
+            raise ValueError(f"spool record of {size} bytes exceeds {MAX_RECORD}")
+        crc = 0
+        for ln, v in zip(lens, views):
+            crc = zlib.crc32(v, zlib.crc32(ln, crc))
+        start = self.end()
+        self._file.write(HEAD.pack(MAGIC, len(views), size, crc))
+        for ln, v in zip(lens, views):
+            self._file.write(ln)
+            self._file.write(v)
+        self._dirty = True
+        if sync:
+            self.sync(force=False)
+        return start
+
+    def sync(self, force: bool = True) -> None:
+        """Make appended records durable according to the policy (``force``: fsync now)."""
+        if not self._dirty:
+            return
+        self._file.flush()
+        now = time.monotonic()
+        if force or self.fsync == "batch" or (self.fsync == "interval" and now - self._last_sync >= self.interval):
+            if self.fsync != "never" or force:
+                os.fsync(self._file.fileno())
+            self._last_sync = now
+            self._dirty = False
+
+    def _rotate(self) -> None:
+        self.sync(force=True)
+        self._file.close()
+        self._seg += 1
+        self._file = open(self._path(self._seg), "ab")
+
+    def records(self, start: Position | None = None) -> Iterator[tuple[Position, Position, list[bytes]]]:
+        """Yield (start, end, frames) of every complete record from ``start`` on."""
+        self._file.flush()
+        for seg in self.segments():
+            if start is not None and seg < start.segment:
+                continue
+            offset = start.offset if start is not None and seg == start.segment else 0
+            with open(self._path(seg), "rb") as f:
+                f.seek(offset)
+                while True:
+                    frames = _read_record(f)
+                    if frames is None:
+                        break
+                    end = f.tell()
+                    yield Position(seg, offset), Position(seg, end), frames
+                    offset = end
+
+    def _scan_end(self, path: Path) -> int:
+        with open(path, "rb") as f:
+            while _read_record(f) is not None:
+                pass
+            return f.tell()  # a failed read seeks back to the end of the last good record
+
+    def delete_segment(self, seg: int) -> None:
+        if seg == self._seg:
+            raise ValueError("cannot delete the segment being written")
+        self._path(seg).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.sync(force=self.fsync != "never")
+        self._file.close()
+
+
+def _read_record(f) -> list[bytes] | None:
+    start = f.tell()
+    head = f.read(HEAD.size)
+    if len(head) < HEAD.size:
+        f.seek(start)
+        return None
+    magic, count, size, crc = HEAD.unpack(head)
+    if magic != MAGIC or size > MAX_RECORD:
+        f.seek(start)
+        return None
+    payload = f.read(size)
+    if len(payload) < size or zlib.crc32(payload) != crc:
+        f.seek(start)
+        return None
+    frames, pos, view = [], 0, memoryview(payload)
+    for _ in range(count):
+        if pos + LEN.size > size:
+            f.seek(start)
+            return None
+        (n,) = LEN.unpack_from(view, pos)
+        pos += LEN.size
+        if pos + n > size:
+            f.seek(start)
+            return None
+        frames.append(bytes(view[pos : pos + n]))
+        pos += n
+    return frames
+
+
+class Counters:
+    """Small persistent integers (JSON, written atomically): sequence floors, episode ids."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.values: dict[str, int] = {}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except ValueError:
+                raise ValueError(f"{self.path} is not valid JSON; delete it only if its spool is empty") from None
+            self.values = {k: int(v) for k, v in data.items()}
+
+    def get(self, name: str, default: int = 0) -> int:
+        return self.values.get(name, default)
+
+    def set(self, name: str, value: int) -> None:
+        self.values[name] = int(value)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.values, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
