@@ -65,3 +65,20 @@ def test_reading_state_only_and_bad_input(tmp_path):
         open_dataset(tmp_path)
     with pytest.raises(FileExistsError):
         DatasetRecorder(tmp_path / "ds")
+
+
+def test_load_replay_from_dataset(tmp_path):
+    with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
+        rec.add_episode(make_episode(0, T=6))
+        rec.add_episode(make_episode(1, T=5, terminated=False))
+    from embodied.datasets import load_replay
+
+    replay = load_replay(tmp_path / "ds", reward_key="gt.reward", cameras=[])
+    assert len(replay) == 11 and replay.offline
+    batch = replay.sample(64)
+    assert batch["obs"]["state"].shape == (64, 3) and "pixels" not in batch["obs"]
+    assert set(np.unique(batch["reward"])) <= set(range(6))
+    # rewards 5 end a terminated episode (discount 0), reward 4 of the truncated one bootstraps
+    assert np.all(batch["discount"][batch["reward"] == 5] == 0)
+    with_pixels = load_replay(tmp_path / "ds", reward_key="gt.reward")
+    assert with_pixels.sample(4)["obs"]["pixels"]["front"].shape == (4, 32, 32, 3)

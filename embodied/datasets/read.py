@@ -162,21 +162,41 @@ def dataset_spaces(ds, cameras: Sequence[str] | None = None):
     return spaces.Dict(obs), action
 
 
-def load_replay(source, reward_key: str = "next.reward", cameras: Sequence[str] | None = None,
-                capacity: int | None = None, n_step: int = 1, gamma: float = 0.99, seed: int = 0):
-    """A :class:`embodied.replay.Replay` holding every row of the dataset as offline data.
+def load_replay(source, obs_space=None, action_space=None, reward_key: str = "next.reward",
+                cameras: Sequence[str] | None = None, capacity: int | None = None, n_step: int = 1,
+                gamma: float = 0.99, seed: int = 0):
+    """A :class:`embodied.replay.Replay` (``offline=True``) holding every row of a dataset.
 
-    ``cameras=[]`` loads state only (fast); default: every camera.
+    ``obs_space`` / ``action_space`` (an env's): the replay takes the env's layout and
+    the dataset must provide it (same cameras and image sizes, same state and action
+    sizes). Without them the layout comes from the dataset; ``cameras=[]`` loads state
+    only (fast), default every camera.
     """
     from embodied.replay import Replay
 
     ds = source if hasattr(source, "meta") else open_dataset(source)
     if reward_key not in ds.meta.features:
         raise ValueError(f"dataset has no {reward_key!r} column; label it with embodied-label "
-                         "or pick reward_key=gt.reward for ground truth")
-    obs_space, action_space = dataset_spaces(ds, cameras)
-    replay = Replay(capacity or ds.meta.total_frames, obs_space, action_space, n_step=n_step, gamma=gamma, seed=seed)
+                         "or use reward_key=gt.reward for the simulator's ground truth")
+    if obs_space is not None:
+        cameras = list(obs_space["pixels"].spaces) if "pixels" in obs_space.spaces else []
+    ds_obs, ds_action = dataset_spaces(ds, cameras)
+    if obs_space is None:
+        obs_space, action_space = ds_obs, ds_action
+    else:
+        for key in ("state", "pixels"):
+            if key in obs_space.spaces and key not in ds_obs.spaces:
+                raise ValueError(f"the env observes {key!r} but the dataset has no such column")
+        if "state" in obs_space.spaces and obs_space["state"].shape != ds_obs["state"].shape:
+            raise ValueError(f"dataset state has shape {ds_obs['state'].shape}, the env's {obs_space['state'].shape}")
+        for cam in cameras:
+            if obs_space["pixels"][cam].shape != ds_obs["pixels"][cam].shape:
+                raise ValueError(f"dataset camera {cam!r} images are {ds_obs['pixels'][cam].shape}, "
+                                 f"the env's {obs_space['pixels'][cam].shape}")
+        if action_space is not None and action_space.shape != ds_action.shape:
+            raise ValueError(f"dataset actions have shape {ds_action.shape}, the env's {action_space.shape}")
+    replay = Replay(capacity or ds.meta.total_frames, obs_space, action_space or ds_action, n_step=n_step,
+                    gamma=gamma, seed=seed, offline=True, final_capacity=ds.meta.total_episodes + 1)
     for ep in iter_episodes(ds, cameras):
-        for t in episode_transitions(ep, reward_key):
-            replay.add(t)
+        replay.add_batch(episode_transitions(ep, reward_key))
     return replay
