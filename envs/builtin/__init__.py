@@ -1,0 +1,1 @@
+"""Built-in MuJoCo tasks (``reach``, ``push``), designed to render fast on a CPU."""

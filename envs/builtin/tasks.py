@@ -1,0 +1,261 @@
+"""Built-in MuJoCo tasks ``reach`` and ``push``: a gantry gripper over a table.
+
+Action (2,) in [-1, 1]: a planar displacement of the gripper's position-servo target,
+``max_delta`` metres per step at full scale, relative to the current gripper position.
+One control step is ``frame_skip`` physics steps of 5 ms (default 10 -> 20 Hz).
+
+``reach`` — bring the fingertip over the target disc of the colour the instruction
+names ("move the gripper to the red target"). The colour is drawn per episode; optional
+``distractors`` add discs of other colours (visible in pixels only).
+  state (8): gripper xy, gripper velocity xy, target xy, target - gripper xy.
+  reward: ``1 - tanh(10 d)``, ``d`` the planar fingertip-target distance (in (0, 1]).
+  success: ``d < success_radius`` (0.04 m, the disc radius).
+
+``push`` — push the block (colour drawn per episode) onto the green square
+("push the blue block onto the green square").
+  state (14): gripper xy, gripper velocity xy, block xy, block velocity xy, goal xy,
+  block - gripper xy, goal - block xy.
+  reward: ``0.25 (1 - tanh(10 d_gb)) + (1 - tanh(10 d_bg))``: ``d_gb`` gripper-block,
+  ``d_bg`` block-goal distance.
+  success: ``d_bg < success_radius`` (0.04 m).
+
+``info["progress"] = clip(1 - d / d_0, 0, 1)`` with ``d`` the task distance
+(fingertip-target, block-goal) and ``d_0`` its value at reset. By default an episode
+runs to its time limit (``terminate_on_success=False``): the policy learns to stay at
+the goal, and every episode has the same length for video and reward-model evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from envs.builtin.scene import CAMERAS, COLORS, WORKSPACE, scene_xml
+from envs.core import check_cameras, observation_space, unit_action_space
+
+TARGET_COLORS = ("red", "green", "blue", "yellow")
+BLOCK_COLORS = ("blue", "red", "yellow", "purple")
+
+
+class TabletopEnv(gym.Env):
+    """Shared machinery: model, servo control, rendering, pixels and info."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    name = "tabletop"
+    state_dim = 0
+
+    def __init__(
+        self,
+        *,
+        pixels: bool = False,
+        cameras: Sequence[str] | str | None = None,
+        image_size: int = 84,
+        render_size: int = 256,
+        frame_skip: int = 10,
+        max_delta: float = 0.04,
+        success_radius: float = 0.04,
+        terminate_on_success: bool = False,
+        distractors: int = 0,
+        randomize_colors: bool = False,
+        render_mode: str | None = "rgb_array",
+        block: bool = False,
+        marker_shape: str = "disc",
+    ):
+        import mujoco
+
+        self._mj = mujoco
+        if image_size < 8 or render_size < 8:
+            raise ValueError(f"{self.name}: image_size and render_size must be >= 8 pixels")
+        if not 0 <= distractors <= 3:
+            raise ValueError(f"{self.name}: distractors must be between 0 and 3, got {distractors}")
+        self.cameras = check_cameras(cameras, CAMERAS, ("front",), self.name) if pixels else []
+        self.image_size, self.render_size = int(image_size), int(render_size)
+        self.frame_skip, self.max_delta = int(frame_skip), float(max_delta)
+        self.success_radius = float(success_radius)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.distractors, self.randomize_colors = int(distractors), bool(randomize_colors)
+        self.render_mode = render_mode
+        buffer = max(self.image_size, self.render_size)
+        xml = scene_xml(block=block, num_markers=1 + self.distractors,
+                        marker_shape=marker_shape, buffer_size=buffer)
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self._table_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "table")
+        self._marker_geoms = [
+            mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"marker{i}")
+            for i in range(1 + self.distractors)
+        ]
+        self._tip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "tip")
+        self._renderers: dict[int, Any] = {}  # one reused Renderer per image size
+        self.observation_space = observation_space(self.state_dim, self.cameras, self.image_size)
+        self.action_space = unit_action_space(2)
+        self.instruction = ""
+        self._d0 = 1.0
+
+    # --- task-specific hooks -------------------------------------------------------
+    def _sample_task(self) -> None:
+        """Place gripper, markers (and block); set colours and the instruction."""
+        raise NotImplementedError
+
+    def _state(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _task_distance(self) -> float:
+        raise NotImplementedError
+
+    def _reward(self) -> float:
+        raise NotImplementedError
+
+    # --- gymnasium API ---------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._mj.mj_resetData(self.model, self.data)
+        if self.randomize_colors:
+            self.model.geom_rgba[self._table_geom, :3] = self.np_random.uniform(0.45, 0.95, 3)
+        self._sample_task()
+        self.data.ctrl[:2] = self.data.qpos[self._grip_qpos]
+        self._mj.mj_forward(self.model, self.data)
+        self._d0 = max(self._task_distance(), 1e-6)
+        return self._obs(), self._info(self._task_distance())
+
+    def step(self, action):
+        a = np.clip(np.asarray(action, np.float64).reshape(2), -1.0, 1.0)
+        grip = self.data.qpos[self._grip_qpos]
+        self.data.ctrl[:2] = np.clip(grip + self.max_delta * a, -WORKSPACE, WORKSPACE)
+        self._mj.mj_step(self.model, self.data, nstep=self.frame_skip)
+        dist = self._task_distance()
+        info = self._info(dist)
+        terminated = bool(self.terminate_on_success and info["success"])
+        return self._obs(), self._reward(), terminated, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self._render(self.cameras[0] if self.cameras else "front", self.render_size)
+
+    def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
+
+    # --- helpers -----------------------------------------------------------------------
+    _grip_qpos = slice(0, 2)  # grip_x, grip_y are the first joints unless a block precedes
+
+    def _render(self, camera: str, size: int) -> np.ndarray:
+        renderer = self._renderers.get(size)
+        if renderer is None:
+            renderer = self._mj.Renderer(self.model, size, size)
+            flags = renderer.scene.flags
+            for flag in (self._mj.mjtRndFlag.mjRND_SHADOW, self._mj.mjtRndFlag.mjRND_REFLECTION,
+                         self._mj.mjtRndFlag.mjRND_SKYBOX, self._mj.mjtRndFlag.mjRND_FOG):
+                flags[flag] = False
+            self._renderers[size] = renderer
+        renderer.update_scene(self.data, camera=camera)
+        return renderer.render()
+
+    def _obs(self) -> dict[str, Any]:
+        obs: dict[str, Any] = {"state": self._state(), "instruction": self.instruction}
+        if self.cameras:
+            obs["pixels"] = {cam: self._render(cam, self.image_size) for cam in self.cameras}
+        return obs
+
+    def _info(self, dist: float) -> dict[str, Any]:
+        return {
+            "success": bool(dist < self.success_radius),
+            "progress": float(np.clip(1.0 - dist / self._d0, 0.0, 1.0)),
+        }
+
+    def _place_markers(self, positions: np.ndarray, colors: Sequence[str]) -> None:
+        for i, (pos, color) in enumerate(zip(positions, colors)):
+            self.data.mocap_pos[i, :2] = pos
+            self.model.geom_rgba[self._marker_geoms[i], :3] = COLORS[color]
+
+    def _spread_points(self, n: int, low: float, high: float, min_gap: float,
+                       avoid: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
+        """``n`` planar points uniformly in ``[low, high]^2``, pairwise ``min_gap`` apart."""
+        points: list[np.ndarray] = list(avoid)
+        for _ in range(n):
+            for _attempt in range(100):
+                p = self.np_random.uniform(low, high, 2)
+                if all(np.linalg.norm(p - q) >= min_gap for q in points):
+                    break
+            points.append(p)
+        return points[len(avoid):]
+
+
+class ReachEnv(TabletopEnv):
+    """Move the fingertip over the target disc of the named colour."""
+
+    name = "reach"
+    state_dim = 8
+
+    def __init__(self, **kwargs):
+        super().__init__(block=False, marker_shape="disc", **kwargs)
+        self._target = np.zeros(2)
+
+    def _sample_task(self) -> None:
+        grip = self.np_random.uniform(-0.2, 0.2, 2)
+        self.data.qpos[0:2] = grip
+        colors = list(self.np_random.permutation(TARGET_COLORS)[: 1 + self.distractors])
+        markers = self._spread_points(1 + self.distractors, -0.25, 0.25, 0.12, avoid=[grip])
+        self._place_markers(np.asarray(markers), colors)
+        self._target = markers[0]
+        self.instruction = f"move the gripper to the {colors[0]} target"
+
+    def _tip_xy(self) -> np.ndarray:
+        return self.data.site_xpos[self._tip, :2]
+
+    def _state(self) -> np.ndarray:
+        grip, vel = self.data.qpos[0:2], self.data.qvel[0:2]
+        return np.concatenate([grip, vel, self._target, self._target - grip]).astype(np.float32)
+
+    def _task_distance(self) -> float:
+        return float(np.linalg.norm(self._tip_xy() - self._target))
+
+    def _reward(self) -> float:
+        return float(1.0 - np.tanh(10.0 * self._task_distance()))
+
+
+class PushEnv(TabletopEnv):
+    """Push the coloured block onto the green square."""
+
+    name = "push"
+    state_dim = 14
+    _grip_qpos = slice(2, 4)  # the block's joints come first in the MJCF
+
+    def __init__(self, **kwargs):
+        super().__init__(block=True, marker_shape="square", **kwargs)
+        import mujoco
+
+        self._block_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "block")
+        self._goal = np.zeros(2)
+
+    def _sample_task(self) -> None:
+        block = self.np_random.uniform(-0.15, 0.15, 2)
+        goal, *distractors = self._spread_points(1 + self.distractors, -0.2, 0.2, 0.15, avoid=[block])
+        grip = self._spread_points(1, -0.2, 0.2, 0.09, avoid=[block])[0]
+        self.data.qpos[0:2], self.data.qpos[2:4] = block, grip
+        color = str(self.np_random.choice(BLOCK_COLORS))
+        others = [c for c in ("orange", "purple", "yellow") if c != color]
+        self._place_markers(np.asarray([goal, *distractors]), ["green", *others[: self.distractors]])
+        self.model.geom_rgba[self._block_geom, :3] = COLORS[color]
+        self._goal = goal
+        self.instruction = f"push the {color} block onto the green square"
+
+    def _state(self) -> np.ndarray:
+        q, v = self.data.qpos, self.data.qvel
+        grip, block = q[2:4], q[0:2]
+        return np.concatenate(
+            [grip, v[2:4], block, v[0:2], self._goal, block - grip, self._goal - block]
+        ).astype(np.float32)
+
+    def _task_distance(self) -> float:
+        return float(np.linalg.norm(self.data.qpos[0:2] - self._goal))
+
+    def _reward(self) -> float:
+        q = self.data.qpos
+        d_gb = float(np.linalg.norm(q[2:4] - q[0:2]))
+        return float(0.25 * (1.0 - np.tanh(10.0 * d_gb)) + 1.0 - np.tanh(10.0 * self._task_distance()))
+

@@ -1,0 +1,98 @@
+"""Shared pieces of every environment: the observation space and action rescaling.
+
+Every env made by :func:`envs.make_env` follows ``embodied/contracts.py``: a
+``spaces.Dict`` observation with ``"pixels"`` (one ``(H, W, 3)`` uint8 Box per camera,
+only when pixels were requested), ``"state"`` (float32 Box) and ``"instruction"``
+(``spaces.Text``), and a ``Box(-1, 1, (A,), float32)`` action space.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+INSTRUCTION_MAX_LENGTH = 512
+
+
+def instruction_space() -> spaces.Text:
+    """Text space for natural-language instructions (printable ASCII, spaces included)."""
+    return spaces.Text(INSTRUCTION_MAX_LENGTH, min_length=0, charset=string.printable)
+
+
+def observation_space(
+    state_dim: int | None, cameras: Sequence[str] = (), image_size: int = 84
+) -> spaces.Dict:
+    """The project's observation space: pixels per camera (if any), state, instruction."""
+    parts: dict[str, spaces.Space] = {}
+    if cameras:
+        parts["pixels"] = spaces.Dict(
+            {cam: spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for cam in cameras}
+        )
+    if state_dim is not None:
+        parts["state"] = spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
+    parts["instruction"] = instruction_space()
+    return spaces.Dict(parts)
+
+
+def unit_action_space(dim: int) -> spaces.Box:
+    """The project's action space: float32 in [-1, 1]."""
+    return spaces.Box(-1.0, 1.0, (dim,), np.float32)
+
+
+class ActionScaler:
+    """Maps actions in [-1, 1] to a simulator's ``[low, high]`` box and back."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray):
+        low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise ValueError("cannot rescale an unbounded action space to [-1, 1]")
+        self.low, self.high = low, high
+        self.mid, self.half = (high + low) / 2.0, (high - low) / 2.0
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+        return self.mid + self.half * a
+
+
+def check_cameras(requested: Sequence[str] | str | None, available: Sequence[str],
+                  default: Sequence[str], env_name: str) -> list[str]:
+    """Validate requested camera names; ``None`` selects ``default``."""
+    if requested is None:
+        return list(default)
+    if isinstance(requested, str):
+        requested = [requested]
+    requested = list(requested)
+    if not requested:
+        raise ValueError(f"{env_name}: cameras must name at least one of {list(available)}")
+    for cam in requested:
+        if cam not in available:
+            raise ValueError(
+                f"{env_name}: unknown camera {cam!r}; available cameras: {', '.join(available)}"
+            )
+    return requested
+
+
+class SeedFirstReset(gym.Wrapper):
+    """Uses ``seed`` for the first ``reset()`` that brings no seed of its own.
+
+    ``make_env(..., seed=s)`` thereby makes an env whose whole stream of episodes is
+    reproducible without the caller passing the seed again. The action space is
+    seeded too, so ``action_space.sample()`` is reproducible.
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None):
+        super().__init__(env)
+        self._pending_seed = seed
+        if seed is not None:
+            self.action_space.seed(seed)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            seed, self._pending_seed = self._pending_seed, None
+        else:
+            self._pending_seed = None
+        return self.env.reset(seed=seed, options=options)

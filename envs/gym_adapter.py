@@ -1,0 +1,114 @@
+"""gymnasium MuJoCo tasks (``gym/<id>``, e.g. ``gym/Reacher-v5``) under the contracts.
+
+state: the env's own observation vector as float32. pixels (on request): the env's
+``render()`` with ``render_mode="rgb_array"`` at ``image_size`` x ``image_size``, from its
+default tracking camera (named ``"default"`` here) or one named camera of the model.
+Actions in [-1, 1] are rescaled to the env's action box. The instruction is a fixed
+description of the task. Reacher and Pusher also report ``info["success"]`` (target
+distance below ``success_distance``) and ``info["progress"]`` (``1 - d / d_0``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from envs.core import ActionScaler, check_cameras, observation_space, unit_action_space
+
+INSTRUCTIONS = {
+    "Reacher": "move the tip of the two-link arm to the red target",
+    "Pusher": "push the white cylinder to the red goal with the arm",
+    "Hopper": "hop forward as fast as possible without falling",
+    "HalfCheetah": "run forward as fast as possible",
+    "Walker2d": "walk forward as fast as possible without falling",
+    "Ant": "walk forward as fast as possible without flipping over",
+    "Humanoid": "walk forward as fast as possible without falling",
+    "HumanoidStandup": "stand up from the ground",
+    "Swimmer": "swim forward as fast as possible",
+    "InvertedPendulum": "keep the pole balanced upright on the cart",
+    "InvertedDoublePendulum": "keep the double pole balanced upright on the cart",
+}
+# tasks with a goal: (moving body, goal body, distance in metres that counts as success)
+DISTANCE_TASKS = {"Reacher": ("fingertip", "target", 0.02), "Pusher": ("object", "goal", 0.05)}
+DEFAULT_CAMERA = "default"
+
+
+def make_gym(env_id: str, *, pixels: bool = False, cameras: Sequence[str] | str | None = None,
+             image_size: int = 84, max_episode_steps: int | None = None,
+             success_distance: float | None = None, **make_kwargs: Any) -> gym.Env:
+    """``gymnasium.make(env_id)`` wrapped into the project's conventions."""
+    base = env_id.split("-v")[0].split("/")[-1]
+    kwargs: dict[str, Any] = dict(make_kwargs, disable_env_checker=True)
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
+    if pixels:
+        kwargs.update(render_mode="rgb_array", width=image_size, height=image_size)
+    try:
+        env = gym.make(env_id, **kwargs)
+    except gym.error.Error as e:  # unknown id, missing extra, wrong version
+        raise ValueError(f"gym/{env_id}: {str(e).splitlines()[0]}") from None
+    camera = None
+    if pixels:
+        model = getattr(env.unwrapped, "model", None)
+        names = [model.camera(i).name for i in range(model.ncam)] if model is not None else []
+        camera = check_cameras(cameras, [DEFAULT_CAMERA, *names], [DEFAULT_CAMERA], f"gym/{env_id}")
+        if len(camera) != 1:
+            raise ValueError(f"gym/{env_id}: one camera at a time, got {camera}")
+        camera = camera[0]
+        if camera != DEFAULT_CAMERA:
+            env.close()
+            env = gym.make(env_id, camera_name=camera, **kwargs)
+    distance = DISTANCE_TASKS.get(base)
+    if distance is not None and success_distance is not None:
+        distance = (distance[0], distance[1], float(success_distance))
+    instruction = INSTRUCTIONS.get(base, f"solve the {base} task")
+    return GymAdapter(env, instruction, camera, image_size, distance)
+
+
+class GymAdapter(gym.Wrapper):
+    """Dict observation, [-1, 1] actions and task ground truth for a gymnasium env."""
+
+    def __init__(self, env: gym.Env, instruction: str, camera: str | None, image_size: int,
+                 distance: tuple[str, str, float] | None):
+        super().__init__(env)
+        inner = env.observation_space
+        if not (isinstance(inner, gym.spaces.Box) and len(inner.shape) == 1):
+            raise ValueError(f"{env.spec.id if env.spec else env}: only flat Box observations are supported")
+        self.instruction, self.camera = instruction, camera
+        self._scale = ActionScaler(env.action_space.low, env.action_space.high)
+        self._distance = distance
+        self._d0 = 1.0
+        self.observation_space = observation_space(inner.shape[0], [camera] if camera else [], image_size)
+        self.action_space = unit_action_space(env.action_space.shape[0])
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self._distance is not None:
+            self._d0 = max(self._task_distance(), 1e-6)
+        return self._obs(obs), self._info(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(self._scale(action))
+        return self._obs(obs), float(reward), bool(terminated), bool(truncated), self._info(info)
+
+    def _obs(self, state: np.ndarray) -> dict[str, Any]:
+        obs: dict[str, Any] = {"state": np.asarray(state, np.float32), "instruction": self.instruction}
+        if self.camera is not None:
+            obs["pixels"] = {self.camera: self.env.render()}
+        return obs
+
+    def _task_distance(self) -> float:
+        body, goal, _ = self._distance
+        u = self.env.unwrapped
+        return float(np.linalg.norm(u.get_body_com(body) - u.get_body_com(goal)))
+
+    def _info(self, info: dict) -> dict:
+        if self._distance is None:
+            return info
+        d = self._task_distance()
+        info = dict(info)
+        info["success"] = bool(d < self._distance[2])
+        info["progress"] = float(np.clip(1.0 - d / self._d0, 0.0, 1.0))
+        return info

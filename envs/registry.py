@@ -1,0 +1,148 @@
+"""``make_env`` / ``make_vec_env`` and the registry of environment names.
+
+A name is either exact (``"reach"``) or a family prefix ending in ``/`` whose factory
+receives the rest of the name as its first argument (``"gym/"`` -> ``"gym/Hopper-v5"``,
+``"robosuite/"`` -> ``"robosuite/Lift"``, ``"libero/"`` -> ``"libero/libero_spatial/0"``).
+Factories import their simulator lazily, so ``import envs`` stays light.
+
+A factory is called as ``factory([rest,] pixels=, cameras=, image_size=,
+max_episode_steps=, **task_kwargs)`` and returns an env that follows the contracts
+with its time limit applied (a time limit gives ``truncated=True``, never
+``terminated``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from envs.core import SeedFirstReset
+
+Factory = Callable[..., gym.Env]
+_REGISTRY: dict[str, Factory] = {}
+_HINTS: dict[str, str] = {}
+
+
+def register_env(name: str, factory: Factory, hint: str | None = None) -> None:
+    """Register an exact name, or a family prefix ending in ``/`` (e.g. ``"gym/"``).
+
+    ``hint`` is how the name is shown in :func:`list_envs` (e.g. ``"gym/<gymnasium id>"``).
+    """
+    if not name or name.startswith("/"):
+        raise ValueError(f"env name {name!r} must be a non-empty name such as 'reach' or 'gym/'")
+    _REGISTRY[name] = factory
+    _HINTS[name] = hint or (name + "<id>" if name.endswith("/") else name)
+
+
+def list_envs() -> list[str]:
+    """Registered names; families are shown with a placeholder, e.g. ``gym/<gymnasium id>``."""
+    return [_HINTS[n] for n in _REGISTRY]
+
+
+def _resolve(name: str) -> tuple[Factory, tuple[str, ...]]:
+    if name in _REGISTRY:
+        return _REGISTRY[name], ()
+    for prefix in sorted((n for n in _REGISTRY if n.endswith("/")), key=len, reverse=True):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return _REGISTRY[prefix], (name[len(prefix):],)
+    raise ValueError(f"unknown env {name!r}; known envs: {', '.join(list_envs())}")
+
+
+def make_env(
+    name: str,
+    *,
+    seed: int | None = None,
+    pixels: bool = False,
+    cameras: Sequence[str] | str | None = None,
+    image_size: int = 84,
+    max_episode_steps: int | None = None,
+    **task_kwargs: Any,
+) -> gym.Env:
+    """Build the env ``name`` following the project's observation/action conventions.
+
+    seed: used by the first ``reset()`` that brings no seed (and seeds the action space).
+    pixels: add ``obs["pixels"] = {camera: (image_size, image_size, 3) uint8}``.
+    cameras: camera names (default: the env's main camera); unknown names raise.
+    max_episode_steps: time limit (default: the task's own), ends with ``truncated=True``.
+    task_kwargs: passed to the task (e.g. ``distractors=2`` for ``reach``).
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"env name must be a string such as 'reach', got {name!r}")
+    if max_episode_steps is not None and int(max_episode_steps) < 1:
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    if cameras is not None and not pixels:
+        raise ValueError(f"{name}: cameras={cameras!r} given but pixels=False; set pixels=True")
+    factory, args = _resolve(name)
+    env = factory(*args, pixels=bool(pixels), cameras=cameras, image_size=int(image_size),
+                  max_episode_steps=max_episode_steps, **task_kwargs)
+    return SeedFirstReset(env, seed)
+
+
+def make_vec_env(
+    name: str, num_envs: int, seed: int | None = None, *, asynchronous: bool = False, **kwargs: Any
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(name, **kwargs)`` in a gymnasium vector env.
+
+    Env ``i`` gets seed ``seed + i``. Autoreset is SAME_STEP: when an episode ends, the
+    returned observation is already the next episode's first one and the final
+    observation is in ``info["final_obs"]`` (``info["final_info"]`` for its info), so no
+    fake transition across the episode boundary exists. ``obs["instruction"]`` is a
+    tuple of ``num_envs`` strings.
+    """
+    if int(num_envs) < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    _resolve(name)  # fail early, in this process, on an unknown name
+
+    def thunk(i: int) -> Callable[[], gym.Env]:
+        return lambda: make_env(name, seed=None if seed is None else seed + i, **kwargs)
+
+    fns = [thunk(i) for i in range(int(num_envs))]
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if asynchronous:
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, shared_memory=False)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+
+
+def _reach(**kw: Any) -> gym.Env:
+    from envs.builtin.tasks import ReachEnv
+
+    return _time_limit(ReachEnv, 50, **kw)
+
+
+def _push(**kw: Any) -> gym.Env:
+    from envs.builtin.tasks import PushEnv
+
+    return _time_limit(PushEnv, 100, **kw)
+
+
+def _time_limit(cls: Callable[..., gym.Env], default_steps: int, *,
+                max_episode_steps: int | None = None, **kw: Any) -> gym.Env:
+    from gymnasium.wrappers import TimeLimit
+
+    return TimeLimit(cls(**kw), max_episode_steps or default_steps)
+
+
+def _gym(env_id: str, **kw: Any) -> gym.Env:
+    from envs.gym_adapter import make_gym
+
+    return make_gym(env_id, **kw)
+
+
+def _robosuite(task: str, **kw: Any) -> gym.Env:
+    from envs.robosuite_adapter import make_robosuite
+
+    return make_robosuite(task, **kw)
+
+
+def _libero(spec: str, **kw: Any) -> gym.Env:
+    from envs.libero_adapter import make_libero
+
+    return make_libero(spec, **kw)
+
+
+register_env("reach", _reach)
+register_env("push", _push)
+register_env("gym/", _gym, "gym/<gymnasium id>")
+register_env("robosuite/", _robosuite, "robosuite/<task>")
+register_env("libero/", _libero, "libero/<suite>/<task_id>")
