@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from embodied.contracts import Batch, Learner, Obs
+from policies import register
+from policies.encoders import ObsEncoder, RandomShift
 
 
 @dataclass
@@ -80,85 +82,59 @@ def advantage_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torc
     return torch.exp(beta * adv).clamp(max=max_weight)
 
 
-class ConvEncoder(nn.Module):
-    """Pixels of every camera (uint8, B x H x W x 3) -> one feature vector, plus the state."""
-
-    def __init__(self, cameras: dict[str, tuple[int, ...]], state_dim: int, feature_dim: int):
-        super().__init__()
-        self.cameras = sorted(cameras)
-        self.convs = nn.ModuleDict()
-        self.heads = nn.ModuleDict()
-        for cam in self.cameras:
-            h, w, _ = cameras[cam]
-            conv = nn.Sequential(nn.Conv2d(3, 32, 3, 2), nn.ReLU(), nn.Conv2d(32, 32, 3, 1), nn.ReLU(),
-                                 nn.Conv2d(32, 32, 3, 1), nn.ReLU(), nn.Flatten())
-            with torch.no_grad():
-                n = conv(torch.zeros(1, 3, h, w)).shape[1]
-            self.convs[cam] = conv
-            self.heads[cam] = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
-        self.out_dim = feature_dim * len(self.cameras) + state_dim
-
-    def forward(self, pixels: dict[str, torch.Tensor], state: torch.Tensor | None) -> torch.Tensor:
-        feats = [self.heads[c](self.convs[c](pixels[c].permute(0, 3, 1, 2).float() / 255.0 - 0.5))
-                 for c in self.cameras]
-        if state is not None:
-            feats.append(state)
-        return torch.cat(feats, -1)
-
-
-def random_shift(img: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ augmentation: pad by replication and crop back at a random offset per image."""
-    b, h, w, c = img.shape
-    padded = F.pad(img.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=img.device)
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=img.device)
-    rows = (dy[:, None] + torch.arange(h, device=img.device))[:, :, None].expand(b, h, w)
-    cols = (dx[:, None] + torch.arange(w, device=img.device))[:, None, :].expand(b, h, w)
-    out = padded[torch.arange(b)[:, None, None], :, rows, cols]  # (B, H, W, C)
-    return out.to(img.dtype)
-
-
 class IQLPolicy(nn.Module):
-    """Normaliser + encoder + actor head: everything an actor runs, nothing more."""
+    """State normaliser + observation encoder + actor head: all an actor runs.
+
+    The mean is ``tanh(MLP)``; the Gaussian's std is state-independent and the log-
+    probability is taken of the dataset's actions directly (no tanh correction), as
+    in CORL. ``act`` returns the mean (deterministic) or a clipped sample.
+    """
 
     chunk_size = 1
+    kind = "iql_actor"
 
-    def __init__(self, state_dim: int, action_dim: int, cameras: dict[str, tuple[int, ...]] | None = None,
-                 hidden: tuple[int, ...] = (256, 256), feature_dim: int = 50, deterministic: bool = False):
+    def __init__(self, action_dim: int, state_dim: int = 0, cameras: Mapping[str, Any] | None = None,
+                 hidden: tuple[int, ...] = (256, 256), feature_dim: int = 50, channels: int = 32,
+                 deterministic: bool = False):
         super().__init__()
-        self._spec = dict(state_dim=state_dim, action_dim=action_dim, cameras={k: list(v) for k, v in (cameras or {}).items()},
-                          hidden=list(hidden), feature_dim=feature_dim, deterministic=deterministic)
+        self.config = {"action_dim": int(action_dim), "state_dim": int(state_dim),
+                       "cameras": {k: [int(s) for s in v] for k, v in (cameras or {}).items()},
+                       "hidden": [int(h) for h in hidden], "feature_dim": int(feature_dim),
+                       "channels": int(channels), "deterministic": bool(deterministic)}
         self.register_buffer("state_mean", torch.zeros(state_dim))
         self.register_buffer("state_std", torch.ones(state_dim))
-        self.encoder = ConvEncoder(cameras, state_dim, feature_dim) if cameras else None
-        feat = self.encoder.out_dim if self.encoder else state_dim
-        self.net = mlp(feat, tuple(hidden), action_dim)
-        self.deterministic = deterministic
-        self.log_std = nn.Parameter(torch.zeros(action_dim)) if not deterministic else None
+        self.encoder = ObsEncoder(state_dim, cameras, feature_dim, channels)
+        self.net = mlp(self.encoder.out_dim, tuple(hidden), action_dim)
+        self.log_std = None if deterministic else nn.Parameter(torch.zeros(action_dim))
 
     def spec(self) -> dict[str, Any]:
-        return {"class": "embodied.learners.iql.IQLPolicy", **copy.deepcopy(self._spec)}
+        return {"kind": self.kind, **copy.deepcopy(self.config)}
 
-    def features(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        state = obs.get("state")
-        if state is not None:
-            state = (state.float() - self.state_mean) / self.state_std
-        return self.encoder(obs["pixels"], state) if self.encoder else state
+    def normalize(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(obs)
+        if self.encoder.state_dim:
+            out["state"] = (obs["state"].float() - self.state_mean) / self.state_std
+        return out
 
     def dist_params(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         mean = torch.tanh(self.net(feats))
-        std = None if self.deterministic else self.log_std.clamp(-20.0, 2.0).exp().expand_as(mean)
+        std = None if self.log_std is None else self.log_std.clamp(-20.0, 2.0).exp().expand_as(mean)
         return mean, std
 
     @torch.no_grad()
     def act(self, obs: Obs, deterministic: bool = False) -> np.ndarray:
+        """Batch of numpy observations -> (B, A) float32 actions in [-1, 1]."""
         device = self.state_mean.device
-        t_obs = {}
-        if "state" in obs:
-            t_obs["state"] = torch.as_tensor(np.asarray(obs["state"], np.float32), device=device)
-        if self.encoder is not None:
-            t_obs["pixels"] = {c: torch.as_tensor(np.asarray(obs["pixels"][c]), device=device) for c in self.encoder.cameras}
-        mean, std = self.dist_params(self.features(t_obs))
+        tensors: dict[str, Any] = {}
+        if self.encoder.state_dim:
+            tensors["state"] = torch.as_tensor(np.asarray(obs["state"], np.float32), device=device)
+        if self.encoder.cameras:
+            missing = set(self.encoder.cameras) - set(obs.get("pixels", {}))
+            if missing:
+                raise ValueError(f"obs['pixels'] lacks cameras {sorted(missing)} that this policy reads")
+            tensors["pixels"] = {c: torch.as_tensor(np.asarray(obs["pixels"][c]), device=device)
+                                 for c in self.encoder.cameras}
+        mean, std = self.dist_params(self.encoder(self.normalize(tensors)))
         if not (deterministic or std is None):
             mean = mean + std * torch.randn_like(mean)
         return mean.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
@@ -174,19 +150,20 @@ class IQL(Learner):
             raise ValueError("IQL needs 'state' and/or 'pixels' in the observation space")
         self.action_dim = int(np.prod(action_space.shape))
         self.device = torch.device(cfg.device)
-        self.actor = IQLPolicy(state_dim, self.action_dim, cameras, cfg.hidden, cfg.feature_dim,
-                               cfg.deterministic_actor).to(self.device)
+        self.actor = IQLPolicy(self.action_dim, state_dim, cameras, cfg.hidden, cfg.feature_dim,
+                               deterministic=cfg.deterministic_actor).to(self.device)
         # The critics' encoder (pixels) is their own; the actor's encoder is not trained
         # by its loss but copied from the critics' after each update, so the shipped
         # policy sees the same features.
         self.encoder = copy.deepcopy(self.actor.encoder)
-        feat = self.encoder.out_dim if self.encoder else state_dim
+        feat = self.encoder.out_dim
         in_q = feat + self.action_dim
         self.q = nn.ModuleList([mlp(in_q, cfg.hidden, 1), mlp(in_q, cfg.hidden, 1)]).to(self.device)
         self.v = mlp(feat, cfg.hidden, 1).to(self.device)
-        self.q_target = copy.deepcopy(nn.ModuleList([self.q, self.encoder] if self.encoder else [self.q]))
+        self.q_target = copy.deepcopy(nn.ModuleList([self.q, self.encoder]))
         self.q_target.requires_grad_(False)
-        q_params = list(self.q.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
+        self.shift = RandomShift(cfg.shift_pad)
+        q_params = list(self.q.parameters()) + list(self.encoder.parameters())
         self.q_opt = torch.optim.Adam(q_params, lr=cfg.lr)
         self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
         actor_params = list(self.actor.net.parameters()) + ([self.actor.log_std] if self.actor.log_std is not None else [])
@@ -197,8 +174,7 @@ class IQL(Learner):
     # -- networks -------------------------------------------------------------------------
     def networks(self) -> dict[str, list[nn.Module]]:
         """The trainable networks each loss term may move."""
-        q = [self.q] + ([self.encoder] if self.encoder else [])
-        return {"value_loss": [self.v], "q_loss": q, "actor_loss": [self.actor.net] + (
+        return {"value_loss": [self.v], "q_loss": [self.q, self.encoder], "actor_loss": [self.actor.net] + (
             [_ParamHolder(self.actor.log_std)] if self.actor.log_std is not None else [])}
 
     def fit_normalizer(self, states: np.ndarray) -> None:
@@ -210,21 +186,15 @@ class IQL(Learner):
         self.actor.state_std.copy_(torch.as_tensor(states.std(0) + 1e-3, dtype=torch.float32))
         self.normalizer_fitted = True
 
-    def _features(self, encoder, obs: Mapping[str, Any], augment: bool) -> torch.Tensor:
-        state = obs.get("state")
-        if state is not None:
-            state = (state.float() - self.actor.state_mean) / self.actor.state_std
-        if encoder is None:
-            return state
-        pixels = obs["pixels"]
-        if augment and self.cfg.shift_pad:
-            pixels = {c: random_shift(x, self.cfg.shift_pad) for c, x in pixels.items()}
-        return encoder(pixels, state)
+    def _features(self, encoder: ObsEncoder, obs: Mapping[str, Any], augment: bool) -> torch.Tensor:
+        obs = self.actor.normalize(obs)
+        if augment and self.cfg.shift_pad and encoder.cameras:
+            obs["pixels"] = {c: self.shift(x) for c, x in obs["pixels"].items()}
+        return encoder(obs)
 
     def _q_target(self, obs, action, augment: bool) -> torch.Tensor:
-        q_nets = self.q_target[0]
-        feats = self._features(self.q_target[1] if self.encoder else None, obs, augment)
-        x = torch.cat([feats, action], -1)
+        q_nets, encoder = self.q_target
+        x = torch.cat([self._features(encoder, obs, augment), action], -1)
         return torch.min(q_nets[0](x), q_nets[1](x)).squeeze(-1)
 
     # -- losses ---------------------------------------------------------------------------
@@ -269,12 +239,10 @@ class IQL(Learner):
             for group in self.actor_opt.param_groups:
                 group["lr"] = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
         with torch.no_grad():
-            online = [self.q] + ([self.encoder] if self.encoder else [])
-            for target, src in zip(self.q_target, online):
+            for target, src in zip(self.q_target, [self.q, self.encoder]):
                 for pt, p in zip(target.parameters(), src.parameters()):
                     pt.lerp_(p, self.cfg.tau)
-            if self.encoder is not None:
-                self.actor.encoder.load_state_dict(self.encoder.state_dict())
+            self.actor.encoder.load_state_dict(self.encoder.state_dict())
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["actor_lr"] = self.actor_opt.param_groups[0]["lr"]
         return out
@@ -287,7 +255,7 @@ class IQL(Learner):
         return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
                 "actor": self.actor.state_dict(), "q": self.q.state_dict(), "v": self.v.state_dict(),
                 "q_target": self.q_target.state_dict(),
-                "encoder": self.encoder.state_dict() if self.encoder else {},
+                "encoder": self.encoder.state_dict(),
                 "q_opt": self.q_opt.state_dict(), "v_opt": self.v_opt.state_dict(),
                 "actor_opt": self.actor_opt.state_dict(), "steps": self.steps,
                 "normalizer_fitted": self.normalizer_fitted}
@@ -297,8 +265,7 @@ class IQL(Learner):
         self.q.load_state_dict(state["q"])
         self.v.load_state_dict(state["v"])
         self.q_target.load_state_dict(state["q_target"])
-        if self.encoder is not None:
-            self.encoder.load_state_dict(state["encoder"])
+        self.encoder.load_state_dict(state["encoder"])
         for name in ("q_opt", "v_opt", "actor_opt"):
             getattr(self, name).load_state_dict(_optimizer_state(state[name]))
         self.steps = int(state["steps"])
@@ -326,3 +293,6 @@ def _optimizer_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """Optimizer state after a checkpoint round trip: per-parameter keys back to ints."""
     return {"state": {int(k): v for k, v in dict(state.get("state", {})).items()},
             "param_groups": state["param_groups"]}
+
+
+register(IQLPolicy.kind, "embodied.learners.iql:IQLPolicy")
