@@ -24,7 +24,7 @@ import abc
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -83,6 +83,11 @@ class VLMBackend(abc.ABC):
     @abc.abstractmethod
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMReply]:
         """One reply per request, in order."""
+
+    def iter_generate(self, requests: Sequence[VLMRequest]) -> Iterator[tuple[int, VLMReply]]:
+        """``(index, reply)`` pairs as replies complete (any order); backends that answer
+        concurrently override it so the disk cache stores each reply the moment it arrives."""
+        yield from enumerate(self.generate(requests))
 
     def close(self) -> None:
         """Release sockets / threads / GPU memory; the default holds nothing."""

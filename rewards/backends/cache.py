@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -61,7 +62,7 @@ class CachedBackend(VLMBackend):
     def _write(self, key: str, reply: VLMReply) -> None:
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "w") as f:
             json.dump({"model": self.model_id, "text": reply.text, "logprobs": reply.logprobs}, f)
             f.flush()
@@ -71,15 +72,21 @@ class CachedBackend(VLMBackend):
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMReply]:
         keys = [request_key(self.model_id, r) for r in requests]
         replies: list[VLMReply | None] = [self._read(k) for k in keys]
-        missing = [i for i, r in enumerate(replies) if r is None]
-        self.hits += len(requests) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            fresh = self.backend.generate([requests[i] for i in missing])
-            for i, reply in zip(missing, fresh):
+        first: dict[str, int] = {}  # key -> first missing position (duplicates are asked once)
+        for i, reply in enumerate(replies):
+            if reply is None:
+                first.setdefault(keys[i], i)
+        send = list(first.values())
+        self.hits += len(requests) - sum(r is None for r in replies)
+        self.misses += len(send)
+        if send:  # each reply is stored as it arrives: a crash loses only those in flight
+            for j, reply in self.backend.iter_generate([requests[i] for i in send]):
                 if reply.ok:
-                    self._write(keys[i], reply)
-                replies[i] = reply
+                    self._write(keys[send[j]], reply)
+                replies[send[j]] = reply
+        for i, reply in enumerate(replies):
+            if reply is None:
+                replies[i] = replies[first[keys[i]]]
         return replies  # type: ignore[return-value]
 
     def close(self) -> None:
