@@ -1,0 +1,296 @@
+"""Soft Actor-Critic of RLPD / SERL grade, for state or pixel observations.
+
+One ``update(batch)`` call (``batch_size * utd`` rows, e.g. half offline, half online
+from :class:`embodied.replay.MixedReplay`):
+
+1. random-shift augmentation of every camera frame (``augment``);
+2. ``utd`` critic updates, one per consecutive mini-batch of ``batch_size`` rows, each
+   followed by a Polyak update of the target critic;
+3. one actor and temperature update on the last mini-batch (every ``actor_every`` calls).
+
+TD target: ``reward + discount * (min over num_min random critics of Q_target(s', a')
+- alpha * log pi(a'|s'))``. The replay already folds gamma, n-step and termination into
+``batch.discount``. The critic ensemble (2..10 members, LayerNorm) runs as batched
+matrix products, one ``baddbmm`` per layer for all members.
+
+Encoders (pixels): ``shared`` — one encoder trained by the critic loss, the actor reads
+its detached features (DrQ / RLPD); ``separate`` — actor and critic each train their
+own; ``frozen`` — one encoder never trained (load pretrained weights into
+``learner.policy().encoder`` before training). Each loss term is a separate method and
+moves only its own parameters (``tests/test_sac.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import nn
+
+from embodied.contracts import Batch, Learner
+from policies.actor import GaussianActor
+from policies.encoders import ObsEncoder, RandomShift
+
+
+@dataclass
+class SACConfig:
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the actor and of every critic."""
+    num_critics: int = 2
+    """Critic ensemble size (RLPD uses 10 with high utd; 2 is classic SAC)."""
+    num_min: int = 2
+    """Targets take the min over a random subset of this many critics (REDQ); == num_critics is plain min."""
+    layer_norm: bool = True
+    """LayerNorm after every hidden layer of the critics (RLPD: keeps high-utd training stable)."""
+    gamma: float = 0.99
+    """Discount. The replay folds it into batch.discount; kept here for whoever builds the replay."""
+    tau: float = 0.005
+    """Polyak rate of the target critic after every critic update."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (and its encoder in 'separate' mode)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics and their encoder. 3e-4 as RLPD / SB3; CleanRL's 1e-3
+    is faster on easy state tasks but less stable with utd > 1."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    init_temperature: float = 1.0
+    """Initial entropy temperature alpha."""
+    target_entropy: float | None = None
+    """Entropy the temperature steers towards; None means -action_dim."""
+    batch_size: int = 256
+    """Rows per critic update (the loop samples batch_size * utd rows per update call)."""
+    utd: int = 1
+    """Critic updates per update() call, i.e. per env step (update-to-data ratio)."""
+    actor_every: int = 1
+    """Actor + temperature update on every actor_every-th update() call (delayed policy updates)."""
+    encoder: Literal["shared", "separate", "frozen"] = "shared"
+    """Pixel encoder: shared (trained by the critic), separate (one per network) or frozen."""
+    augment: bool = True
+    """Random-shift augmentation (pad 4, random crop) of camera frames during updates."""
+    feature_dim: int = 50
+    """Size of the pixel features after the encoder's projection (LayerNorm + tanh)."""
+    channels: int = 32
+    """Channels of each conv layer of the pixel encoder."""
+    seed: int = 0
+    """Seed of the learner's own random generator (action noise, subsets, augmentation)."""
+    device: str = "cpu"
+    """Torch device of the networks and of incoming batches."""
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers applied as one batched matmul: (E, B, i) -> (E, B, o)."""
+
+    def __init__(self, members: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = 1 / math.sqrt(d_in)  # torch.nn.Linear's default init, per member
+        self.weight = nn.Parameter(torch.empty(members, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with separate affine parameters per ensemble member."""
+
+    def __init__(self, members: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
+
+
+class Critic(nn.Module):
+    """Observation encoder + ensemble of Q networks: (obs, action) -> (E, B) Q values."""
+
+    def __init__(self, encoder: ObsEncoder, action_dim: int, cfg: SACConfig):
+        super().__init__()
+        self.encoder, self.members = encoder, cfg.num_critics
+        layers: list[nn.Module] = []
+        d_in = encoder.out_dim + action_dim
+        for h in cfg.hidden:
+            layers.append(EnsembleLinear(cfg.num_critics, d_in, h))
+            layers += [EnsembleLayerNorm(cfg.num_critics, h)] if cfg.layer_norm else []
+            layers.append(nn.ReLU())
+            d_in = h
+        self.q = nn.Sequential(*layers, EnsembleLinear(cfg.num_critics, d_in, 1))
+
+    def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([features, action], -1)
+        return self.q(x.expand(self.members, *x.shape)).squeeze(-1)
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Parameters get no gradient inside the block (the actor loss must not touch critics)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class SAC(Learner):
+    def __init__(self, obs_space, action_space, cfg: SACConfig | None = None):
+        self.cfg = cfg = cfg or SACConfig()
+        if not 1 <= cfg.num_min <= cfg.num_critics:
+            raise ValueError(f"num_min must be in [1, num_critics={cfg.num_critics}], got {cfg.num_min}")
+        if cfg.encoder not in ("shared", "separate", "frozen"):
+            raise ValueError(f"encoder must be shared, separate or frozen, got {cfg.encoder!r}")
+        if cfg.utd < 1 or cfg.actor_every < 1:
+            raise ValueError(f"utd and actor_every must be >= 1, got {cfg.utd} and {cfg.actor_every}")
+        spaces = obs_space.spaces
+        cams = {c: tuple(s.shape) for c, s in spaces["pixels"].spaces.items()} if "pixels" in spaces else {}
+        state_dim = int(spaces["state"].shape[0]) if "state" in spaces else 0
+        self.action_dim = int(action_space.shape[0])
+        self.device = torch.device(cfg.device)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # initial weights
+        self.actor = GaussianActor(self.action_dim, state_dim, cams, cfg.hidden, cfg.feature_dim,
+                                   cfg.channels).to(self.device)
+        enc = self.actor.encoder
+        if cfg.encoder == "separate":
+            enc = ObsEncoder(state_dim, cams, cfg.feature_dim, cfg.channels).to(self.device)
+        self.critic = Critic(enc, self.action_dim, cfg).to(self.device)
+        self.target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.train_encoder = bool(cams) and cfg.encoder != "frozen"
+        if cfg.encoder == "frozen":
+            enc.requires_grad_(False)
+            self.target.encoder = enc  # never trained: no copy to track
+        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
+        self.target_entropy = -float(self.action_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.shift = RandomShift(4) if cams and cfg.augment else None
+        actor_params = [p for n, p in self.actor.named_parameters()
+                        if cfg.encoder == "separate" or not n.startswith("encoder.")]
+        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self._online = [p for p in self.critic.parameters() if p.requires_grad]
+        self._targets = [t for p, t in zip(self.critic.parameters(), self.target.parameters()) if p.requires_grad]
+        self.updates = 0  # update() calls
+        self.critic_updates = 0
+
+    # ------------------------------------------------------------------ features
+    def _actor_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """Actor input; gradients reach the encoder only when the actor owns it."""
+        if self.cfg.encoder == "separate":
+            return self.actor.encoder(obs)
+        with torch.no_grad():
+            return self.actor.encoder(obs)
+
+    def _critic_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        if self.train_encoder:
+            return self.critic.encoder(obs)
+        with torch.no_grad():
+            return self.critic.encoder(obs)
+
+    # ------------------------------------------------------------------ loss terms
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum over members of the mean squared TD error; moves critics (and their encoder)."""
+        with torch.no_grad():
+            next_action, next_logp = self.actor(self._actor_features(batch.next_obs), generator=self.gen)
+            q_next = self.target(self.target.encoder(batch.next_obs), next_action)
+            subset = torch.randperm(self.cfg.num_critics, generator=self.gen, device=self.device)[: self.cfg.num_min]
+            v_next = q_next[subset].min(0).values - self.log_alpha.exp() * next_logp
+            target = batch.reward + batch.discount * v_next
+        q = self.critic(self._critic_features(batch.obs), batch.action)
+        loss = (q - target).pow(2).mean(1).sum()
+        return loss, {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
+
+    def actor_loss(self, obs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[alpha * log pi(a|s) - mean_i Q_i(s, a)]; moves the actor only. Returns (loss, log pi)."""
+        features = self._actor_features(obs)
+        action, logp = self.actor(features, generator=self.gen)
+        if self.cfg.encoder == "separate":
+            with torch.no_grad():
+                features = self.critic.encoder(obs)
+        with frozen(self.critic):
+            q = self.critic(features.detach(), action).mean(0)
+        return (self.log_alpha.exp().detach() * logp - q).mean(), logp
+
+    def alpha_loss(self, logp: torch.Tensor) -> torch.Tensor:
+        """Temperature steers the policy entropy towards target_entropy; moves log_alpha only."""
+        return -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+
+    # ------------------------------------------------------------------ update
+    def _augment(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        if self.shift is None:
+            return dict(obs)
+        return {**obs, "pixels": {c: self.shift(x, self.gen) for c, x in obs["pixels"].items()}}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        rows = cfg.batch_size * cfg.utd
+        if batch.action.shape[0] != rows:
+            raise ValueError(f"SAC.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
+        obs, next_obs = self._augment(batch.obs), self._augment(batch.next_obs)
+        metrics: dict[str, torch.Tensor] = {}
+        for i in range(cfg.utd):
+            part = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+            mini = Batch(obs=_rows(obs, part), action=batch.action[part], reward=batch.reward[part],
+                         discount=batch.discount[part], next_obs=_rows(next_obs, part))
+            loss, metrics = self.critic_loss(mini)
+            self.critic_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_opt.step()
+            torch._foreach_lerp_(self._targets, self._online, cfg.tau)
+            self.critic_updates += 1
+        metrics["loss/critic"] = loss.detach()
+        self.updates += 1
+        if self.updates % cfg.actor_every == 0:
+            actor_loss, logp = self.actor_loss(mini.obs)
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            alpha_loss = self.alpha_loss(logp)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            metrics.update({"loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
+                            "entropy": -logp.detach().mean()})
+        metrics["alpha"] = self.log_alpha.detach().exp()
+        values = torch.stack([v.float() for v in metrics.values()]).tolist()
+        return dict(zip(metrics, values))
+
+    # ------------------------------------------------------------------ export / checkpoint
+    def policy(self) -> GaussianActor:
+        return self.actor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "rng": self.gen.get_state(),
+                "counters": {"updates": self.updates, "critic_updates": self.critic_updates}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target.load_state_dict(state["target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for name in ("actor_opt", "critic_opt", "alpha_opt"):
+            getattr(self, name).load_state_dict(_int_keys(state[name]))
+        self.gen.set_state(state["rng"].cpu())
+        self.updates = int(state["counters"]["updates"])
+        self.critic_updates = int(state["counters"]["critic_updates"])
+
+
+def _rows(obs: Mapping[str, Any], part: slice) -> dict[str, Any]:
+    """Row slice of a (nested) observation dict of tensors; instruction lists pass through."""
+    return {k: _rows(v, part) if isinstance(v, Mapping) else v[part] if torch.is_tensor(v) else v
+            for k, v in obs.items()}
+
+
+def _int_keys(opt_state: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint stores optimiser state keys as strings; torch matches parameters by int."""
+    return {**opt_state, "state": {int(k): v for k, v in opt_state["state"].items()}}
