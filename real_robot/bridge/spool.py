@@ -81,7 +81,7 @@ class Spool:
     def append(self, frames: Sequence, sync: bool = True) -> Position:
         """Write one record; returns the position where it starts."""
         if self._file.tell() >= self.segment_bytes:
-            self._rotate()
+            self.rotate()
         views = [memoryview(getattr(f, "buffer", f)).cast("B") for f in frames]
         lens = [LEN.pack(len(v)) for v in views]
         size = sum(len(v) for v in views) + LEN.size * len(views)
@@ -112,7 +112,8 @@ class Spool:
             self._last_sync = now
             self._dirty = False
 
-    def _rotate(self) -> None:
+    def rotate(self) -> None:
+        """Start a new segment (older ones become deletable as a whole)."""
         self.sync(force=True)
         self._file.close()
         self._seg += 1

@@ -1,0 +1,126 @@
+"""Hydra apps of the real-robot loop: ``embodied-learner``, ``embodied-actor``, ``embodied-keygen``.
+
+    embodied-keygen name=learner && embodied-keygen name=actor0 out=keys/allowed
+    embodied-learner                       # configs/learner_server.yaml
+    embodied-actor robot=sim_reach         # configs/actor.yaml (+ configs/robot/*.yaml)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from embodied.cli import CONFIG_DIR, one_line_errors, setup_runtime
+
+setup_runtime()
+log = logging.getLogger("real_robot")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def make_human(cfg: Any):
+    """``teleop`` config -> a human input device (or None)."""
+    if cfg is None:
+        return None
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    kind = cfg.pop("kind", "lerobot")
+    if kind == "scripted":
+        from real_robot.teleop import ScriptedHuman, reach_controller
+
+        controllers = {"reach": reach_controller}
+        name = cfg.pop("controller", "reach")
+        if name not in controllers:
+            raise ValueError(f"teleop.controller {name!r} unknown; one of {sorted(controllers)}")
+        return ScriptedHuman(controllers[name], **cfg)
+    if kind == "lerobot":
+        from real_robot.teleop import LeRobotTeleop
+
+        human = LeRobotTeleop(**cfg)
+        human.connect()
+        return human
+    raise ValueError(f"teleop.kind must be scripted or lerobot, got {kind!r}")
+
+
+@one_line_errors
+def run_actor(cfg: DictConfig) -> dict:
+    import torch
+
+    from real_robot.actor import Actor, LoopConfig, build_policy, install_sigterm
+    from real_robot.bridge.link import ActorLink
+    from real_robot.robots import make_robot_env
+    from real_robot.safety import ActionLimits, Watchdog
+
+    torch.set_num_threads(int(cfg.loop.threads))
+    loop_kw = {k: v for k, v in OmegaConf.to_container(cfg.loop, resolve=True).items() if k != "threads"}
+    loop = LoopConfig(seed=cfg.seed, stats_file=f"{cfg.run_dir}/actor_stats.json", **loop_kw)
+    env = make_robot_env(OmegaConf.to_container(cfg.robot, resolve=True), seed=cfg.seed)
+    s, lk = cfg.safety, cfg.link
+    link = ActorLink(cfg.learner, cfg.actor_id, cfg.spool_dir, secret_key=cfg.curve.secret, server_key=cfg.curve.server,
+                     insecure_loopback=cfg.insecure_loopback, fsync=lk.fsync, heartbeat=lk.heartbeat,
+                     learner_timeout=lk.learner_timeout, resend_after=lk.resend_after, build_policy=build_policy)
+    human = make_human(cfg.teleop)
+    watchdog = Watchdog(env, s.watchdog_deadline, s.watchdog_period).start()
+    actor = Actor(env, link, human, ActionLimits(s.low, s.high, s.max_delta), watchdog, loop)
+    actor.episode_offset = link.counters.get("episode_floor", 0)  # episode ids stay unique across restarts
+    link.counters.set("episode_floor", actor.episode_offset + 1_000_000)
+    link.stats_fn = lambda: {k: v for k, v in actor.stats().items() if not k.startswith("link_")}
+    install_sigterm(actor)
+    link.start()
+    try:
+        stats = actor.run()
+    finally:
+        watchdog.stop()
+        acked = link.wait_acked(float(lk.shutdown_wait))
+        if not acked:
+            log.warning("%d batches not acked yet: they stay in %s and are resent on the next start",
+                        len(link.pending), cfg.spool_dir)
+        link.close()
+        env.close()
+        if human is not None:
+            human.close()
+    stats = actor.stats()
+    actor._maybe_write_stats(force=True)
+    print(json.dumps(stats))
+    return stats
+
+
+@one_line_errors
+def run_learner(cfg: DictConfig) -> None:
+    import torch
+
+    from real_robot.learner import LearnerServer
+
+    torch.set_num_threads(int(cfg.train.threads))
+    server = LearnerServer(cfg, cfg.run_dir)
+    server.run(max_seconds=float(cfg.train.max_seconds))
+
+
+@one_line_errors
+def run_keygen(cfg: DictConfig) -> None:
+    from real_robot.bridge import keys
+
+    public, secret = keys.create(cfg.out, str(cfg.name))
+    print(f"public key: {public}\nsecret key: {secret} (keep it on this machine only)")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="actor", version_base=None)
+def actor_main(cfg: DictConfig) -> None:
+    _logging(cfg.log_level)
+    run_actor(cfg)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="learner_server", version_base=None)
+def learner_main(cfg: DictConfig) -> None:
+    _logging(cfg.log_level)
+    run_learner(cfg)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="keygen", version_base=None)
+def keygen_main(cfg: DictConfig) -> None:
+    run_keygen(cfg)

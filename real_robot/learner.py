@@ -1,0 +1,355 @@
+"""The learner server: receives transitions from actors, trains SAC, publishes weights.
+
+Loop (one thread owns the socket, the replay and the learner):
+
+1. **receive** up to ``max_batch_messages`` messages. A ``transitions`` batch from actor
+   ``a`` with sequence number ``s`` that was seen before is a duplicate: it is acked
+   again and dropped. A new one is appended to the durable log, added to the replay
+   (through the reward labeler) and marked seen.
+2. **ack after durable**: the log is fsynced (policy ``log_fsync``) and only then the
+   batch's sequence number is acked, so once an actor sees an ack the batch survives a
+   SIGKILL of the learner: on restart the learner loads its last checkpoint (replay,
+   dedup state and the log position included) and re-reads the log from that position.
+   A checkpoint rotates the log and deletes segments it covers.
+3. **train** at an enforced update-to-data ratio: after ``learning_starts`` transitions,
+   exactly one ``update()`` call (= ``learner.utd`` critic steps on ``batch_size * utd``
+   rows) per received transition; debt is worked off a few calls per loop so the
+   sockets stay served. Intervention transitions go to the online replay and to the
+   offline replay (with any ``demos`` dataset): the RLPD half of every batch.
+4. **publish** weights every ``publish_every`` updates to each live actor (newest wins;
+   an actor that has not caught up with the previous version is skipped for a while).
+5. **checkpoint** every ``checkpoint_every`` seconds and on SIGTERM / SIGINT.
+
+Malformed messages are logged with a one-line reason and dropped; nothing received is
+unpickled or executed (see ``real_robot.bridge.schema``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+
+from embodied import checkpoint
+from real_robot.bridge import schema
+from real_robot.bridge.spool import Position, Spool
+from real_robot.bridge.transport import LearnerSocket
+
+log = logging.getLogger(__name__)
+
+
+class Dedup:
+    """Seen sequence numbers per actor: all below ``low`` plus the set above it."""
+
+    def __init__(self):
+        self.low: dict[str, int] = {}
+        self.above: dict[str, set[int]] = {}
+
+    def seen(self, actor: str, seq: int) -> bool:
+        return seq < self.low.get(actor, 0) or seq in self.above.get(actor, ())
+
+    def mark(self, actor: str, seq: int) -> None:
+        above = self.above.setdefault(actor, set())
+        above.add(seq)
+        low = self.low.get(actor, 0)
+        while low in above:
+            above.remove(low)
+            low += 1
+        self.low[actor] = low
+
+    def state(self) -> str:
+        return json.dumps({a: [self.low.get(a, 0), sorted(self.above.get(a, ()))] for a in self.low})
+
+    def load(self, text: str) -> None:
+        for actor, (low, above) in json.loads(text).items():
+            self.low[actor], self.above[actor] = int(low), {int(s) for s in above}
+
+
+def spaces_from(cfg) -> tuple[Any, Any]:
+    """Observation / action spaces the actors' robots produce (``spaces:`` in the config)."""
+    from envs.core import observation_space, unit_action_space
+
+    cams = list(cfg.get("cameras") or [])
+    return observation_space(int(cfg["state_dim"]), cams, int(cfg.get("image_size", 64))), \
+        unit_action_space(int(cfg["action_dim"]))
+
+
+class LearnerServer:
+    def __init__(self, cfg, run_dir: str | Path):
+        from omegaconf import OmegaConf
+
+        from embodied.labeling import RewardLabeler
+        from embodied.learners import make_learner
+        from embodied.loop import learner_space
+        from embodied.replay import MixedReplay, Replay
+
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        obs_space, act_space = spaces_from(cfg.spaces)
+        t = cfg.train
+        self.online = Replay(t.replay_capacity, obs_space, act_space, n_step=t.n_step, gamma=t.gamma, seed=cfg.seed)
+        if cfg.get("demos"):
+            from embodied.datasets import load_replay
+
+            self.offline = load_replay(cfg.demos, obs_space, act_space, n_step=t.n_step, gamma=t.gamma,
+                                       seed=cfg.seed + 1, capacity=t.offline_capacity)
+        else:
+            self.offline = Replay(t.offline_capacity, obs_space, act_space, n_step=t.n_step, gamma=t.gamma,
+                                  seed=cfg.seed + 1, offline=True)
+        self.replay = MixedReplay(self.online, self.offline, offline_ratio=t.offline_ratio)
+        lcfg = OmegaConf.to_container(cfg.learner, resolve=True)
+        lname = lcfg.pop("name")
+        inputs = lcfg.pop("inputs", ["state"])
+        self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
+        self.rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
+        model, camera = self._reward_model(cfg, obs_space)
+        self.labelers = [RewardLabeler(r, model, camera=camera) for r in (self.online, self.offline)]
+        self.log = Spool(self.dir / "log", fsync=cfg.bridge.log_fsync, segment_bytes=64 << 20)
+        self.log_pos = Position(0, 0)
+        self.dedup = Dedup()
+        self.actors: list[str] = []  # actor name -> index in episode ids
+        self.counters = {"transitions": 0, "duplicates": 0, "bad_messages": 0, "updates": 0, "weights_version": 0,
+                         "batches": 0}
+        self.peers: dict[bytes, dict[str, Any]] = {}  # routing id -> {name, seen, sent_version, sent_at, has}
+        self.session = uuid.uuid4().hex
+        self.stopping = False
+        self._last_ckpt = self._last_stats = time.monotonic()
+        self._restore()
+        b = cfg.bridge
+        self.sock = LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
+
+    @staticmethod
+    def _reward_model(cfg, obs_space):
+        from omegaconf import OmegaConf
+
+        if cfg.reward.name == "env":
+            return None, None
+        from rewards import make_reward
+
+        rkw = OmegaConf.to_container(cfg.reward, resolve=True)
+        rkw.pop("name")
+        model = make_reward(cfg.reward.name, **rkw)
+        cams = list(obs_space["pixels"].spaces) if "pixels" in obs_space.spaces else []
+        camera = model.camera or (cams[0] if cams else None)
+        if camera not in cams:
+            raise ValueError(f"reward {cfg.reward.name} reads camera {camera!r} but spaces.cameras is {cams}")
+        return model, camera
+
+    # -- ingest ---------------------------------------------------------------------------
+    def _episode_id(self, actor: str, eid: int) -> int:
+        if actor not in self.actors:
+            self.actors.append(actor)
+        return (self.actors.index(actor) << 32) | (eid & 0xFFFFFFFF)
+
+    def _ingest(self, actor: str, msg: schema.Message) -> None:
+        transitions = schema.unpack_transitions(msg)
+        for t in transitions:  # validate the whole batch before any of it is stored
+            self._check(t)
+        for t in transitions:
+            t.episode_id = self._episode_id(actor, t.episode_id)
+            self.labelers[0].add(t)
+            if t.intervention:
+                self.labelers[1].add(t)
+        self.counters["transitions"] += len(transitions)
+        self.counters["batches"] += 1
+
+    def _check(self, t) -> None:
+        r = self.online
+        if r.has_state and np.shape(t.obs.get("state")) != (r.state_dim,):
+            raise schema.SchemaError(f"state of shape {np.shape(t.obs.get('state'))}, learner expects ({r.state_dim},)")
+        if np.shape(t.action) != (r.action_dim,):
+            raise schema.SchemaError(f"action of shape {np.shape(t.action)}, learner expects ({r.action_dim},)")
+        for cam, shape in r.frame_shapes.items():
+            if np.shape(t.obs.get("pixels", {}).get(cam)) != shape:
+                raise schema.SchemaError(f"camera {cam!r} frames must be {shape}; set spaces.* to match the robot")
+
+    def _restore(self) -> None:
+        path = checkpoint.latest(self.dir / "ckpt")
+        if path is not None:
+            state = checkpoint.load(path)
+            self.learner.load_state_dict(state["learner"])
+            self.online.load_state_dict(state["online"])
+            self.offline.load_state_dict(state["offline"])
+            for lab, s in zip(self.labelers, state["labelers"].values()):
+                lab.load_state_dict(s)
+            self.dedup.load(state["bridge"]["dedup"])
+            self.actors = json.loads(state["bridge"]["actors"])
+            self.log_pos = Position(*[int(x) for x in state["bridge"]["log_pos"]])
+            self.counters.update({k: int(v) for k, v in state["counters"].items()})
+            log.info("resumed from %s: %d transitions, %d updates", path, self.counters["transitions"],
+                     self.counters["updates"])
+        replayed = 0
+        for _, end, frames in self.log.records(self.log_pos):
+            actor = msgpack.unpackb(frames[0], raw=False)["actor"]
+            msg = schema.decode(frames[1:])
+            if not self.dedup.seen(actor, msg.fields["seq"]):
+                self._ingest(actor, msg)
+                self.dedup.mark(actor, msg.fields["seq"])
+                replayed += 1
+        if replayed:
+            log.info("re-read %d acked batches from the durable log", replayed)
+
+    # -- network --------------------------------------------------------------------------
+    def _pump(self, timeout_ms: int) -> int:
+        acks: dict[bytes, list[int]] = {}
+        handled = 0
+        item = self.sock.recv(timeout_ms)
+        while item is not None:
+            peer, user, frames = item
+            handled += 1
+            try:
+                self._handle(peer, user, frames, acks)
+            except schema.SchemaError as exc:
+                self.counters["bad_messages"] += 1
+                log.error("dropped a malformed message from %s: %s", _who(peer, user), exc)
+            if handled >= self.cfg.bridge.max_batch_messages:
+                break
+            item = self.sock.recv(0)
+        if acks:
+            self.log.sync()  # durable first, then ack
+            for peer, seqs in acks.items():
+                self.sock.send(peer, schema.encode("ack", {"seqs": seqs}))
+        return handled
+
+    def _handle(self, peer: bytes, user: str | None, frames: list, acks: dict) -> None:
+        msg = schema.decode(frames)
+        name = user or peer.decode("utf-8", "replace")
+        info = self.peers.setdefault(peer, {"name": name, "sent_version": -1, "sent_at": 0.0, "has": -1})
+        info["seen"] = time.monotonic()
+        if msg.type == "transitions":
+            seq = msg.fields["seq"]
+            if self.dedup.seen(name, seq):
+                self.counters["duplicates"] += 1
+            else:
+                self._ingest(name, msg)  # validates fully before anything is logged
+                self.log.append([msgpack.packb({"actor": name}), *frames], sync=False)
+                self.dedup.mark(name, seq)
+            acks.setdefault(peer, []).append(seq)
+        elif msg.type == "hello":
+            log.info("actor %s connected (session %s)", name, str(msg.fields["session"])[:8])
+            self.sock.send(peer, schema.encode("welcome", {"session": self.session,
+                                                          "version": self.counters["weights_version"]}))
+            info["sent_version"] = -1
+            self._send_weights(peer, info, force=True)
+        elif msg.type == "heartbeat":
+            has = msg.fields["stats"].get("weights_version", -1)
+            info["has"] = has if isinstance(has, int) else -1
+            info["stats"] = msg.fields["stats"]
+            self.sock.send(peer, schema.encode("heartbeat", {"time": time.time(), "stats": {}}))
+        else:
+            raise schema.SchemaError(f"actors may not send {msg.type!r} messages")
+
+    def _weights_frames(self) -> list:
+        policy = self.learner.policy()
+        arrays = {k: v.detach().cpu().numpy() for k, v in self.learner.policy_weights().items()}
+        return schema.encode("weights", {"version": self.counters["weights_version"], "spec": policy.spec()}, arrays)
+
+    def _send_weights(self, peer: bytes, info: dict, force: bool = False, frames: list | None = None) -> None:
+        version = self.counters["weights_version"]
+        if version == 0 or info["sent_version"] >= version:
+            return
+        caught_up = info["has"] >= info["sent_version"]
+        if force or caught_up or time.monotonic() - info["sent_at"] > 5.0:
+            self.sock.send(peer, frames or self._weights_frames())
+            info["sent_version"], info["sent_at"] = version, time.monotonic()
+
+    def publish(self) -> None:
+        self.counters["weights_version"] += 1
+        frames = self._weights_frames()
+        now = time.monotonic()
+        for peer, info in self.peers.items():
+            if now - info["seen"] < 10.0:
+                self._send_weights(peer, info, frames=frames)
+
+    # -- training -------------------------------------------------------------------------
+    def owed_updates(self) -> int:
+        t = self.cfg.train
+        if self.counters["transitions"] < t.learning_starts:
+            return 0
+        return int(t.utd_ratio * self.counters["transitions"]) - self.counters["updates"]
+
+    def train(self, max_calls: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for _ in range(min(max_calls, self.owed_updates())):
+            if not all(lab.learner_may_update() for lab in self.labelers):
+                break
+            try:
+                batch = self.replay.sample_torch(self.rows, device=self.learner.device)
+            except ValueError:  # nothing labeled and sampleable yet
+                break
+            metrics = self.learner.update(batch)
+            self.counters["updates"] += 1
+            if self.counters["updates"] % self.cfg.train.publish_every == 0:
+                self.publish()
+        return metrics
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def save(self) -> Path:
+        self.log.rotate()
+        self.log_pos = self.log.end()
+        state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
+                 "offline": self.offline.state_dict(),
+                 "labelers": {str(i): lab.state_dict() for i, lab in enumerate(self.labelers)},
+                 "bridge": {"dedup": self.dedup.state(), "actors": json.dumps(self.actors),
+                            "log_pos": np.array(self.log_pos, np.int64)},
+                 "counters": dict(self.counters)}
+        path = checkpoint.save(self.dir / "ckpt", self.counters["transitions"], state,
+                               keep=self.cfg.checkpoint.keep)
+        for seg in self.log.segments():
+            if seg < self.log_pos.segment:
+                self.log.delete_segment(seg)
+        self._last_ckpt = time.monotonic()
+        return path
+
+    def write_stats(self) -> None:
+        actors = {i["name"]: i.get("stats", {}) for i in self.peers.values()}
+        stats = {**self.counters, "replay": len(self.online), "offline": len(self.offline),
+                 "rejected_keys": self.sock.rejected, "actors": actors}
+        tmp = self.dir / ".learner_stats.json.tmp"
+        tmp.write_text(json.dumps(stats, default=float))
+        tmp.replace(self.dir / "learner_stats.json")
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self, max_seconds: float = 0.0) -> None:
+        start = time.monotonic()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log.info("learner listening on %s (%s)", self.cfg.bridge.bind,
+                 "PLAINTEXT loopback" if self.sock.plaintext else "CURVE")
+        try:
+            while not self.stopping and not (max_seconds and time.monotonic() - start > max_seconds):
+                busy = self.owed_updates() > 0
+                self._pump(0 if busy else 20)
+                self.train(self.cfg.train.updates_per_pump)
+                for lab in self.labelers:
+                    lab.poll()
+                now = time.monotonic()
+                if now - self._last_stats > 1.0:
+                    self.write_stats()
+                    self._last_stats = now
+                if now - self._last_ckpt > self.cfg.checkpoint.every_seconds:
+                    self.save()
+        finally:
+            self.save()
+            self.write_stats()
+            for lab in self.labelers:
+                lab.close(wait=False)
+            self.log.close()
+            self.sock.close()
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+
+
+def _who(peer: bytes, user: str | None) -> str:
+    return user or repr(peer[:32])
