@@ -81,7 +81,6 @@ def scene_xml(*, block: bool, num_markers: int, marker_shape: str, buffer_size: 
             mass="0.05" contype="1" conaffinity="1"/>
       <geom name="finger_r" type="box" pos="0.028 0 -0.005" size="0.006 0.01 0.02" rgba="0.25 0.25 0.3 1"
             mass="0.05" contype="1" conaffinity="1"/>
-      <site name="tip" pos="0 0 -0.02" size="0.005"/>
     </body>
   </worldbody>
   <actuator>

@@ -87,7 +87,6 @@ class TabletopEnv(gym.Env):
             mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"marker{i}")
             for i in range(1 + self.distractors)
         ]
-        self._tip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, "tip")
         self._renderers: dict[int, Any] = {}  # one reused Renderer per image size
         self.observation_space = observation_space(self.state_dim, self.cameras, self.image_size)
         self.action_space = unit_action_space(2)
@@ -133,6 +132,7 @@ class TabletopEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
+        self._mj.mj_kinematics(self.model, self.data)
         return self._render(self.cameras[0] if self.cameras else "front", self.render_size)
 
     def close(self):
@@ -158,6 +158,7 @@ class TabletopEnv(gym.Env):
     def _obs(self) -> dict[str, Any]:
         obs: dict[str, Any] = {"state": self._state(), "instruction": self.instruction}
         if self.cameras:
+            self._mj.mj_kinematics(self.model, self.data)  # mj_step leaves poses one substep stale
             obs["pixels"] = {cam: self._render(cam, self.image_size) for cam in self.cameras}
         return obs
 
@@ -204,15 +205,12 @@ class ReachEnv(TabletopEnv):
         self._target = markers[0]
         self.instruction = f"move the gripper to the {colors[0]} target"
 
-    def _tip_xy(self) -> np.ndarray:
-        return self.data.site_xpos[self._tip, :2]
-
     def _state(self) -> np.ndarray:
         grip, vel = self.data.qpos[0:2], self.data.qvel[0:2]
         return np.concatenate([grip, vel, self._target, self._target - grip]).astype(np.float32)
 
     def _task_distance(self) -> float:
-        return float(np.linalg.norm(self._tip_xy() - self._target))
+        return float(np.linalg.norm(self.data.qpos[0:2] - self._target))  # fingertip is below the gripper origin
 
     def _reward(self) -> float:
         return float(1.0 - np.tanh(10.0 * self._task_distance()))
