@@ -13,11 +13,14 @@ column, ``next.done``) says so; otherwise it bootstraps from its own value.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+log = logging.getLogger("embodied")
 
 from embodied.contracts import Transition
 from embodied.datasets.record import IMAGE_PREFIX, STATE_KEY
@@ -197,6 +200,14 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str = "ne
             raise ValueError(f"dataset actions have shape {ds_action.shape}, the env's {action_space.shape}")
     replay = Replay(capacity or ds.meta.total_frames, obs_space, action_space or ds_action, n_step=n_step,
                     gamma=gamma, seed=seed, offline=True, final_capacity=ds.meta.total_episodes + 1)
+    skipped = []
     for ep in iter_episodes(ds, cameras):
+        if "label_ok" in ep.columns and not np.asarray(ep.columns["label_ok"]).all():
+            skipped.append(ep.index)  # labeling failed: rows hold NaN rewards, never train on them
+            continue
         replay.add_batch(episode_transitions(ep, reward_key))
+    if skipped:
+        log.warning("load_replay: skipped %d episode(s) whose labeling failed: %s", len(skipped), skipped[:20])
+    if len(replay) == 0:
+        raise ValueError(f"no usable episode in {getattr(ds, 'root', source)}: every episode failed labeling")
     return replay
