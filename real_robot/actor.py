@@ -144,6 +144,7 @@ class Actor:
             if cfg.mode == "return_explore" and hasattr(self.env.robot, "get_state"):
                 saved.append(self.env.robot.get_state())
             next_obs, reward, terminated, truncated, info = self.env.step(action)
+            self.counts["steps"] += 1
             human = self._poll(next_obs, info)
             if human.estop:
                 self._estop()
@@ -157,7 +158,6 @@ class Actor:
                            truncated=truncated, is_first=step == 0, episode_id=episode, step=step,
                            intervention=intervening, info=_scalars(info))
             batch.append(t)
-            self.counts["steps"] += 1
             self.counts["interventions"] += int(intervening)
             step += 1
             obs = next_obs

@@ -38,6 +38,7 @@ class SimRobot:
         self.cameras = list(space["pixels"].spaces) if "pixels" in space.spaces else []
         self.state_dim = int(space["state"].shape[0])
         self.action_dim = int(self.env.action_space.shape[0])
+        self.max_episode_steps = _time_limit(self.env)
         self._obs: dict | None = None
         self._feedback = (0.0, False, False, {})
         self._episode_seed = seed
@@ -94,8 +95,8 @@ class SimRobot:
 
     def reset(self, seed: int | None = None) -> None:
         self._episode_seed = int(self._rng.integers(2**31)) if seed is None else int(seed)
-        self._obs, _ = self.env.reset(seed=self._episode_seed)
-        self._feedback = (0.0, False, False, {})
+        self._obs, info = self.env.reset(seed=self._episode_seed)
+        self._feedback = (0.0, False, False, dict(info))
 
     def get_state(self) -> dict[str, Any]:
         """Enough to come back here: the episode's reset seed and the MuJoCo state."""
@@ -155,6 +156,7 @@ class RobotEnv(gym.Env):
             raise ValueError(f"hold must be 'zero' or 'current', got {hold!r}")
         self.hold_mode, self.image_size = hold, int(image_size)
         self.instruction, self.max_episode_steps = instruction, int(max_episode_steps)
+        self._max_episode_steps = self.max_episode_steps  # where gymnasium tools look for a time limit
         parts: dict[str, spaces.Space] = {}
         if self.cameras:
             parts["pixels"] = spaces.Dict({c: spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -201,8 +203,9 @@ class RobotEnv(gym.Env):
             elif hasattr(self.robot, "reset"):
                 self.robot.reset(seed=seed)
             self._last_raw = self.robot.get_observation()
+            info = dict(self.robot.feedback()[3]) if hasattr(self.robot, "feedback") else {}
         self._steps = 0
-        return self._obs(self._last_raw), {}
+        return self._obs(self._last_raw), info
 
     def step(self, action: np.ndarray):
         with self.lock:
@@ -230,6 +233,14 @@ class RobotEnv(gym.Env):
         with self.lock:
             if self.robot.is_connected:
                 self.robot.disconnect()
+
+
+def _time_limit(env) -> int | None:
+    while env is not None:
+        if getattr(env, "_max_episode_steps", None):
+            return int(env._max_episode_steps)
+        env = getattr(env, "env", None)
+    return None
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -280,7 +291,8 @@ def make_robot_env(cfg: Mapping[str, Any], seed: int = 0) -> RobotEnv:
     hold = cfg.pop("hold", None)
     if kind == "sim":
         robot = SimRobot(seed=seed, **cfg)
-        return RobotEnv(robot, image_size=int(cfg.get("image_size") or 64), max_episode_steps=10**9, hold=hold or "zero")
+        return RobotEnv(robot, image_size=int(cfg.get("image_size") or 64),
+                        max_episode_steps=robot.max_episode_steps or 10**9, hold=hold or "zero")
     if kind == "lerobot":
         env_kw = {k: cfg.pop(k) for k in ("motors", "image_size", "instruction", "max_episode_steps") if k in cfg}
         return RobotEnv(make_lerobot_robot(**cfg), hold=hold or "current", **env_kw)
