@@ -27,15 +27,17 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
              policy_fn: Callable | None = None) -> dict[str, float]:
     """Run ``episodes`` episodes of ``policy`` in ``env`` (one env, seeded per episode)."""
     act = policy_fn or (lambda o: policy.act(o, deterministic=deterministic))
+    from envs.wrappers import VideoRecorder
+
     returns, successes, progress, lengths = [], [], [], []
-    frames: list[np.ndarray] = []
+    video = VideoRecorder(video_path, fps=fps) if video_path is not None else None
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
         done, ret, success, length = False, 0.0, False, 0
         record = video_path is not None and ep < video_episodes
         while not done:
             if record:
-                frames.append(env.render())
+                video.add(env.render())
             action = np.asarray(act(_batch(obs)), np.float32)
             if action.ndim == 3:  # action chunk: execute the first action
                 action = action[:, 0]
@@ -45,15 +47,13 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
             length += 1
             done = terminated or truncated
         if record:
-            frames.append(env.render())
+            video.add(env.render())
         returns.append(ret)
         successes.append(success)
         progress.append(float(info.get("progress", np.nan)))
         lengths.append(length)
-    if video_path is not None and frames:
-        from envs.wrappers import write_video
-
-        write_video(video_path, frames, fps=fps)
+    if video is not None:
+        video.close()
     return {"eval/return": float(np.mean(returns)), "eval/success": float(np.mean(successes)),
             "eval/final_progress": float(np.nanmean(progress)) if not np.all(np.isnan(progress)) else float("nan"),
             "eval/length": float(np.mean(lengths)), "eval/episodes": episodes}
