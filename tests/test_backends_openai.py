@@ -122,3 +122,20 @@ def test_config_errors():
         OpenAIBackend(model="")
     with pytest.raises(ValueError, match="image_format"):
         OpenAIBackend(model="m", image_format="gif")
+
+
+@pytest.mark.parametrize("config", ["gvl", "vlac"])
+def test_reward_config_files_label_through_http(config, tmp_path):
+    import yaml
+
+    from rewards import make_reward
+
+    frames, progress = synthetic_episode(10)
+    oracle = ScriptedBackend()
+    oracle.add_episode(frames, progress)
+    cfg = yaml.safe_load(open(f"configs/reward/{config}.yaml"))
+    with LocalChatServer(oracle) as server:
+        cfg["backend"].update(base_url=server.base_url, cache_dir=str(tmp_path))
+        model = make_reward(cfg.pop("name"), **cfg)
+        labels = model.label_episode(frames, "slide the square")
+    assert labels.ok and labels.meta["voc"] > 0.99
