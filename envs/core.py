@@ -54,7 +54,7 @@ class ActionScaler:
         self.mid, self.half = (high + low) / 2.0, (high - low) / 2.0
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
-        a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+        a = np.minimum(np.maximum(np.asarray(action, np.float64), -1.0), 1.0)  # cheaper than np.clip
         return self.mid + self.half * a
 
 

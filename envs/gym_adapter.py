@@ -107,8 +107,10 @@ class GymAdapter(gym.Wrapper):
     def _info(self, info: dict) -> dict:
         if self._distance is None:
             return info
-        d = self._task_distance()
+        weight = getattr(self.env.unwrapped, "_reward_dist_weight", 0.0)
+        # Reacher/Pusher already report -weight * distance: reuse it instead of recomputing
+        d = -info["reward_dist"] / weight if weight and "reward_dist" in info else self._task_distance()
         info = dict(info)
         info["success"] = bool(d < self._distance[2])
-        info["progress"] = float(np.clip(1.0 - d / self._d0, 0.0, 1.0))
+        info["progress"] = min(max(1.0 - float(d) / self._d0, 0.0), 1.0)
         return info

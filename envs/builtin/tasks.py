@@ -27,6 +27,7 @@ the goal, and every episode has the same length for video and reward-model evalu
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -104,7 +105,8 @@ class TabletopEnv(gym.Env):
     def _task_distance(self) -> float:
         raise NotImplementedError
 
-    def _reward(self) -> float:
+    def _reward(self, dist: float) -> float:
+        """Dense reward given the task distance ``dist``."""
         raise NotImplementedError
 
     # --- gymnasium API ---------------------------------------------------------------
@@ -120,14 +122,16 @@ class TabletopEnv(gym.Env):
         return self._obs(), self._info(self._task_distance())
 
     def step(self, action):
-        a = np.clip(np.asarray(action, np.float64).reshape(2), -1.0, 1.0)
-        grip = self.data.qpos[self._grip_qpos]
-        self.data.ctrl[:2] = np.clip(grip + self.max_delta * a, -WORKSPACE, WORKSPACE)
+        ax, ay = np.asarray(action, np.float64).reshape(2).tolist()  # scalar maths: cheaper than numpy here
+        gx, gy = self.data.qpos[self._grip_qpos].tolist()
+        step, w = self.max_delta, WORKSPACE
+        self.data.ctrl[0] = min(max(gx + step * min(max(ax, -1.0), 1.0), -w), w)
+        self.data.ctrl[1] = min(max(gy + step * min(max(ay, -1.0), 1.0), -w), w)
         self._mj.mj_step(self.model, self.data, nstep=self.frame_skip)
         dist = self._task_distance()
         info = self._info(dist)
         terminated = bool(self.terminate_on_success and info["success"])
-        return self._obs(), self._reward(), terminated, False, info
+        return self._obs(), self._reward(dist), terminated, False, info
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -165,7 +169,7 @@ class TabletopEnv(gym.Env):
     def _info(self, dist: float) -> dict[str, Any]:
         return {
             "success": bool(dist < self.success_radius),
-            "progress": float(np.clip(1.0 - dist / self._d0, 0.0, 1.0)),
+            "progress": min(max(1.0 - dist / self._d0, 0.0), 1.0),
         }
 
     def _place_markers(self, positions: np.ndarray, colors: Sequence[str]) -> None:
@@ -194,7 +198,7 @@ class ReachEnv(TabletopEnv):
 
     def __init__(self, **kwargs):
         super().__init__(block=False, marker_shape="disc", **kwargs)
-        self._target = np.zeros(2)
+        self._target = (0.0, 0.0)  # python floats: scalar maths per step is cheaper than numpy
 
     def _sample_task(self) -> None:
         grip = self.np_random.uniform(-0.2, 0.2, 2)
@@ -202,18 +206,19 @@ class ReachEnv(TabletopEnv):
         colors = list(self.np_random.permutation(TARGET_COLORS)[: 1 + self.distractors])
         markers = self._spread_points(1 + self.distractors, -0.25, 0.25, 0.12, avoid=[grip])
         self._place_markers(np.asarray(markers), colors)
-        self._target = markers[0]
+        self._target = tuple(markers[0].tolist())
         self.instruction = f"move the gripper to the {colors[0]} target"
 
     def _state(self) -> np.ndarray:
-        grip, vel = self.data.qpos[0:2], self.data.qvel[0:2]
-        return np.concatenate([grip, vel, self._target, self._target - grip]).astype(np.float32)
+        (x, y), (vx, vy), (tx, ty) = self.data.qpos[0:2].tolist(), self.data.qvel[0:2].tolist(), self._target
+        return np.array([x, y, vx, vy, tx, ty, tx - x, ty - y], np.float32)
 
     def _task_distance(self) -> float:
-        return float(np.linalg.norm(self.data.qpos[0:2] - self._target))  # fingertip is below the gripper origin
+        x, y = self.data.qpos[0:2].tolist()  # the fingertip is right below the gripper origin
+        return math.hypot(x - self._target[0], y - self._target[1])
 
-    def _reward(self) -> float:
-        return float(1.0 - np.tanh(10.0 * self._task_distance()))
+    def _reward(self, dist: float) -> float:
+        return 1.0 - math.tanh(10.0 * dist)
 
 
 class PushEnv(TabletopEnv):
@@ -228,7 +233,7 @@ class PushEnv(TabletopEnv):
         import mujoco
 
         self._block_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "block")
-        self._goal = np.zeros(2)
+        self._goal = (0.0, 0.0)
 
     def _sample_task(self) -> None:
         block = self.np_random.uniform(-0.15, 0.15, 2)
@@ -239,21 +244,21 @@ class PushEnv(TabletopEnv):
         others = [c for c in ("orange", "purple", "yellow") if c != color]
         self._place_markers(np.asarray([goal, *distractors]), ["green", *others[: self.distractors]])
         self.model.geom_rgba[self._block_geom, :3] = COLORS[color]
-        self._goal = goal
+        self._goal = tuple(goal.tolist())
         self.instruction = f"push the {color} block onto the green square"
 
     def _state(self) -> np.ndarray:
-        q, v = self.data.qpos, self.data.qvel
-        grip, block = q[2:4], q[0:2]
-        return np.concatenate(
-            [grip, v[2:4], block, v[0:2], self._goal, block - grip, self._goal - block]
-        ).astype(np.float32)
+        bx, by, x, y = self.data.qpos[0:4].tolist()
+        bvx, bvy, vx, vy = self.data.qvel[0:4].tolist()
+        gx, gy = self._goal
+        return np.array([x, y, vx, vy, bx, by, bvx, bvy, gx, gy, bx - x, by - y, gx - bx, gy - by], np.float32)
 
     def _task_distance(self) -> float:
-        return float(np.linalg.norm(self.data.qpos[0:2] - self._goal))
+        x, y = self.data.qpos[0:2].tolist()
+        return math.hypot(x - self._goal[0], y - self._goal[1])
 
-    def _reward(self) -> float:
-        q = self.data.qpos
-        d_gb = float(np.linalg.norm(q[2:4] - q[0:2]))
-        return float(0.25 * (1.0 - np.tanh(10.0 * d_gb)) + 1.0 - np.tanh(10.0 * self._task_distance()))
+    def _reward(self, dist: float) -> float:
+        bx, by, gx, gy = self.data.qpos[0:4].tolist()
+        d_gb = math.hypot(gx - bx, gy - by)
+        return 0.25 * (1.0 - math.tanh(10.0 * d_gb)) + 1.0 - math.tanh(10.0 * dist)
 
