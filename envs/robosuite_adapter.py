@@ -129,7 +129,7 @@ class RobosuiteAdapter(gym.Env):
         finally:
             np.random.set_state(saved)
         self._reset_grippers()
-        return self._obs(raw), self._info(float(self.env.reward()))
+        return self._obs(raw), self._info(float(self.env.reward(None)))
 
     def _reset_grippers(self) -> None:
         """robosuite keeps a gripper's commanded opening across soft resets: zero it."""
