@@ -89,6 +89,13 @@ class VLMBackend(abc.ABC):
         concurrently override it so the disk cache stores each reply the moment it arrives."""
         yield from enumerate(self.generate(requests))
 
+    def _gather(self, requests: Sequence[VLMRequest]) -> list[VLMReply]:
+        """``generate`` for backends that implement ``iter_generate``: replies back in order."""
+        replies: list[VLMReply | None] = [None] * len(requests)
+        for i, reply in self.iter_generate(requests):
+            replies[i] = reply
+        return replies  # type: ignore[return-value]
+
     def close(self) -> None:
         """Release sockets / threads / GPU memory; the default holds nothing."""
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-
 from rewards.backends.base import VLMBackend, VLMError, VLMReply, VLMRequest
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -133,10 +131,7 @@ class HFBackend(VLMBackend):
                 yield i, reply
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMReply]:
-        replies: list[VLMReply | None] = [None] * len(requests)
-        for i, reply in self.iter_generate(requests):
-            replies[i] = reply
-        return replies  # type: ignore[return-value]
+        return self._gather(requests)
 
     def close(self) -> None:
         self.model = None

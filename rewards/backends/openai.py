@@ -214,10 +214,7 @@ class OpenAIBackend(VLMBackend):
                 future.cancel()
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMReply]:
-        replies: list[VLMReply | None] = [None] * len(requests)
-        for i, reply in self.iter_generate(requests):
-            replies[i] = reply
-        return replies  # type: ignore[return-value]
+        return self._gather(requests)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
