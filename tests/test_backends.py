@@ -146,3 +146,15 @@ def test_scripted_error_draw_is_deterministic_per_request():
     assert 8 <= wrong <= 32  # about half, drawn per request
     with pytest.raises(ValueError, match="error_rate"):
         ScriptedBackend(error_rate=2)
+
+
+def test_scripted_answers_rlvlmf_two_stage_prompts():
+    """The oracle goes through RL-VLM-F's own prompt builders and label parser."""
+    from rewards.rlvlmf import analysis_request, label_request, parse_label
+
+    a, b = _img(10), _img(20)
+    oracle = ScriptedBackend({hash_image(a): 0.2, hash_image(b): 0.7})
+    for first, second, expected in ((a, b, 1), (b, a, 0), (a, a, -1)):
+        analysis = oracle.generate([analysis_request(first, second, "reach the target")])[0].text
+        label = oracle.generate([label_request(analysis, "reach the target")])[0].text
+        assert parse_label(label) == expected
