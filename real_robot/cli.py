@@ -61,7 +61,7 @@ def run_actor(cfg: DictConfig) -> dict:
     loop = LoopConfig(seed=cfg.seed, stats_file=f"{cfg.run_dir}/actor_stats.json", **loop_kw)
     env = make_robot_env(OmegaConf.to_container(cfg.robot, resolve=True), seed=cfg.seed)
     s, lk = cfg.safety, cfg.link
-    link = ActorLink(cfg.learner, cfg.actor_id, cfg.spool_dir, secret_key=cfg.curve.secret, server_key=cfg.curve.server,
+    link = ActorLink(cfg.connect, cfg.actor_id, cfg.spool_dir, secret_key=cfg.curve.secret, server_key=cfg.curve.server,
                      insecure_loopback=cfg.insecure_loopback, fsync=lk.fsync, heartbeat=lk.heartbeat,
                      learner_timeout=lk.learner_timeout, resend_after=lk.resend_after, build_policy=build_policy)
     human = make_human(cfg.teleop)

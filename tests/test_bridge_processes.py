@@ -1,0 +1,243 @@
+"""The real loop: learner and actors as separate processes over real TCP (loopback) with CURVE.
+
+Each test starts the ``embodied-learner`` / ``embodied-actor`` commands on a random free
+port and always kills them at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embodied import checkpoint
+from real_robot.bridge import keys, schema, transport
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "WANDB_MODE": "offline",
+       "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+class Procs:
+    def __init__(self, root: Path):
+        self.root, self.procs = root, []
+
+    def start(self, cmd: str, name: str, *overrides: str) -> subprocess.Popen:
+        out = open(self.root / f"{name}.log", "ab")
+        p = subprocess.Popen([str(BIN / cmd), *overrides], stdout=out, stderr=subprocess.STDOUT, env=ENV,
+                             cwd=self.root)
+        self.procs.append(p)
+        return p
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
+@pytest.fixture
+def curve(tmp_path):
+    k = tmp_path / "keys"
+    keys.create(k, "learner")
+    for name in ("actor0", "actor1", "fuzzer"):
+        keys.create(k / "allowed", name)
+        (k / "allowed" / f"{name}.key_secret").rename(k / f"{name}.key_secret")
+    keys.create(k, "intruder")
+    return k
+
+
+def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stats(run: Path) -> dict:
+    try:
+        return json.loads((run / "learner_stats.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def learner_args(root: Path, port: int, *extra: str) -> list[str]:
+    return [f"run_dir={root / 'learner'}", f"bridge.bind=tcp://127.0.0.1:{port}",
+            f"bridge.secret_key={root / 'keys/learner.key_secret'}", f"bridge.allow_dir={root / 'keys/allowed'}",
+            "checkpoint.every_seconds=2", "train.learning_starts=1000000", *extra]
+
+
+def actor_args(root: Path, port: int, name: str, steps: int, *extra: str, key: str | None = None,
+               wait: float = 60) -> list[str]:
+    return [f"actor_id={name}", f"connect=tcp://127.0.0.1:{port}", f"run_dir={root / name}",
+            f"curve.secret={root / 'keys' / f'{key or name}.key_secret'}", f"curve.server={root / 'keys/learner.key'}",
+            f"loop.max_steps={steps}", "link.resend_after=1.0", f"link.shutdown_wait={wait}", *extra]
+
+
+def replay_contents(root: Path) -> tuple[int, set]:
+    state = checkpoint.load(root / "learner" / "ckpt")
+    slots = state["online"]["slots"]
+    pairs = set(zip(slots["episode_id"].tolist(), slots["step"].tolist()))
+    return len(slots["episode_id"]), pairs
+
+
+def test_learner_sigkilled_twice_loses_and_duplicates_nothing(tmp_path, procs, curve):
+    port = transport.free_port()
+    learner = procs.start("embodied-learner", "learner1", *learner_args(tmp_path, port))
+    actor = procs.start("embodied-actor", "actor0", *actor_args(tmp_path, port, "actor0", 600, "loop.hz=20"))
+    run = tmp_path / "learner"
+    seen = wait_for(lambda: stats(run).get("transitions", 0) >= 100 and stats(run)["transitions"], 120,
+                    "first transitions", learner)
+    learner.send_signal(signal.SIGKILL)
+    learner.wait(10)
+    learner = procs.start("embodied-learner", "learner2", *learner_args(tmp_path, port))
+    wait_for(lambda: stats(run).get("transitions", 0) >= seen + 100, 120, "transitions after restart 1", learner)
+    learner.send_signal(signal.SIGKILL)
+    learner.wait(10)
+    time.sleep(1.0)  # the actor keeps acting and spooling while no learner is up
+    learner = procs.start("embodied-learner", "learner3", *learner_args(tmp_path, port))
+    wait_for(lambda: "learner listening" in procs.log("learner3"), 120, "third learner up", learner)
+    assert actor.wait(240) == 0, procs.log("actor0")[-2000:]
+    actor_stats = json.loads((tmp_path / "actor0" / "actor_stats.json").read_text())
+    learner.send_signal(signal.SIGTERM)
+    assert learner.wait(60) == 0
+    size, pairs = replay_contents(tmp_path)
+    assert actor_stats["transitions_submitted"] == 600 and actor_stats["link_pending"] == 0
+    assert size == 600 and len(pairs) == 600  # every transition once: nothing lost, no duplicates
+    assert actor_stats["link_batches_resent"] > 0  # the kills really cut batches in flight
+    assert list((tmp_path / "actor0" / "spool").glob("seg_*.spool"))  # the current segment remains
+
+
+def test_two_actors_feed_one_learner_and_an_unlisted_key_is_rejected(tmp_path, procs, curve):
+    port = transport.free_port()
+    learner = procs.start("embodied-learner", "learner", *learner_args(tmp_path, port))
+    a0 = procs.start("embodied-actor", "actor0", *actor_args(tmp_path, port, "actor0", 150))
+    a1 = procs.start("embodied-actor", "actor1", *actor_args(tmp_path, port, "actor1", 120, "seed=1"))
+    intruder = procs.start("embodied-actor", "intruder",
+                           *actor_args(tmp_path, port, "intruder", 30, key="intruder", wait=5))
+    assert a0.wait(240) == 0 and a1.wait(240) == 0
+    intruder.wait(120)
+    learner.send_signal(signal.SIGTERM)
+    assert learner.wait(60) == 0
+    size, pairs = replay_contents(tmp_path)
+    assert size == 270 and len(pairs) == 270
+    episode_owner = {eid >> 32 for eid, _ in pairs}
+    assert len(episode_owner) == 2  # two actors, disjoint episode ids
+    final = stats(tmp_path / "learner")
+    assert set(final["actors"]) == {"actor0", "actor1"} and final["rejected_keys"] >= 1
+    assert "not in the allow-list" in procs.log("learner")
+    assert "rejected this actor's CURVE key" in procs.log("intruder")
+    assert json.loads((tmp_path / "intruder" / "actor_stats.json").read_text())["link_pending"] > 0
+
+
+class Boom:
+    """A pickle that would create a file if anyone unpickled it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _fuzz_frames(rng: np.random.Generator, good: list[bytes], i: int) -> list[bytes]:
+    frames = [bytearray(f) for f in good]
+    k = int(rng.integers(len(frames)))
+    mode = i % 4
+    if mode == 0:
+        frames[k] = frames[k][: int(rng.integers(len(frames[k]) + 1))]
+    elif mode == 1:
+        frames = [bytearray(rng.bytes(int(rng.integers(1, 300)))) for _ in range(int(rng.integers(1, 4)))]
+    elif mode == 2 and len(frames[k]):
+        pos = int(rng.integers(len(frames[k])))
+        frames[k][pos] ^= 0xFF
+    else:
+        frames = frames[: int(rng.integers(1, len(frames) + 1))]
+    return [bytes(f) for f in frames]
+
+
+def test_fuzzing_every_socket_crashes_nothing_and_executes_nothing(tmp_path, procs, curve):
+    import zmq
+
+    port = transport.free_port()
+    learner = procs.start("embodied-learner", "learner", *learner_args(tmp_path, port))
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Boom(str(marker)))
+    good = [bytes(f) for f in schema.pack_transitions(_fake_batch(), seq=0)]
+    rng = np.random.default_rng(0)
+    # 1) an authenticated but hostile client sends thousands of random / truncated frames to the learner
+    fuzzer = transport.ActorSocket(f"tcp://127.0.0.1:{port}", "fuzzer", str(curve / "fuzzer.key_secret"),
+                                   str(curve / "learner.key"))
+    try:
+        for i in range(3000):
+            frames = [payload] if i % 100 == 0 else _fuzz_frames(rng, good, i)
+            fuzzer.send(frames, block=True)
+        # 2) raw bytes that are not even ZMTP
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(rng.bytes(int(rng.integers(1, 2000))))
+        wait_for(lambda: stats(tmp_path / "learner").get("bad_messages", 0) >= 1500, 180, "fuzz handled", learner)
+    finally:
+        fuzzer.close()
+    # the learner still serves a real actor afterwards
+    a0 = procs.start("embodied-actor", "actor0", *actor_args(tmp_path, port, "actor0", 40))
+    assert a0.wait(180) == 0
+    a0_stats = json.loads((tmp_path / "actor0" / "actor_stats.json").read_text())
+    assert a0_stats["transitions_submitted"] == 40 and a0_stats["link_pending"] == 0  # all acked
+    assert learner.poll() is None
+    assert "dropped a malformed message from fuzzer" in procs.log("learner")
+
+    # 3) a fake learner (right key) answers a real actor with garbage
+    fake_port = transport.free_port()
+    fake = transport.LearnerSocket(f"tcp://127.0.0.1:{fake_port}", str(curve / "learner.key_secret"),
+                                   str(curve / "allowed"))
+    try:
+        a1 = procs.start("embodied-actor", "actor1", *actor_args(tmp_path, fake_port, "actor1", 0, "loop.hz=20", wait=1))
+        peer, _, _ = wait_for(lambda: fake.recv(200), 120, "actor hello", a1)
+        weights = schema.encode("weights", {"version": 5, "spec": {"kind": "gaussian_actor", "action_dim": 2}},
+                                {"net.0.weight": np.zeros((3, 3), np.float32)})
+        garbage = [[payload], [bytes(f) for f in weights]] + [_fuzz_frames(rng, good, i) for i in range(2000)]
+        for frames in garbage:
+            fake.send(peer, [zmq.Frame(f) for f in frames])
+        time.sleep(3.0)
+        assert a1.poll() is None  # still controlling the robot
+        a1.send_signal(signal.SIGTERM)
+        a1.wait(60)
+    finally:
+        fake.close()
+    log = procs.log("actor1")
+    assert "dropped a malformed message from the learner" in log and "rejected weights v5" in log
+    assert not marker.exists()  # nothing received was ever unpickled or executed
+
+
+def _fake_batch():
+    from embodied.contracts import Transition
+
+    obs = {"state": np.zeros(8, np.float32), "instruction": "x"}
+    return [Transition(obs, np.zeros(2, np.float32), 0.0, obs, False, False, i == 0, 0, i) for i in range(4)]
