@@ -165,7 +165,7 @@ def dataset_spaces(ds, cameras: Sequence[str] | None = None):
     return spaces.Dict(obs), action
 
 
-def load_replay(source, obs_space=None, action_space=None, reward_key: str = "next.reward",
+def load_replay(source, obs_space=None, action_space=None, reward_key: str | None = None,
                 cameras: Sequence[str] | None = None, capacity: int | None = None, n_step: int = 1,
                 gamma: float = 0.99, seed: int = 0):
     """A :class:`embodied.replay.Replay` (``offline=True``) holding every row of a dataset.
@@ -173,11 +173,16 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str = "ne
     ``obs_space`` / ``action_space`` (an env's): the replay takes the env's layout and
     the dataset must provide it (same cameras and image sizes, same state and action
     sizes). Without them the layout comes from the dataset; ``cameras=[]`` loads state
-    only (fast), default every camera.
+    only (fast), default every camera. ``reward_key`` None: ``next.reward`` (labels) when
+    the dataset has it, else the simulator's ``gt.reward`` (logged).
     """
     from embodied.replay import Replay
 
     ds = source if hasattr(source, "meta") else open_dataset(source)
+    if reward_key is None:
+        reward_key = "next.reward" if "next.reward" in ds.meta.features else "gt.reward"
+        if reward_key == "gt.reward" and reward_key in ds.meta.features:
+            log.info("load_replay: %s has no next.reward labels; using the simulator's gt.reward", ds.root)
     if reward_key not in ds.meta.features:
         raise ValueError(f"dataset has no {reward_key!r} column; label it with embodied-label "
                          "or use reward_key=gt.reward for the simulator's ground truth")

@@ -25,10 +25,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from embodied.contracts import Batch, Learner, Obs
+from embodied.learners.sac import EnsembleLinear
 from policies import register
 from policies.encoders import ObsEncoder, RandomShift
 
@@ -157,17 +157,19 @@ class IQL(Learner):
         # policy sees the same features.
         self.encoder = copy.deepcopy(self.actor.encoder)
         feat = self.encoder.out_dim
-        in_q = feat + self.action_dim
-        self.q = nn.ModuleList([mlp(in_q, cfg.hidden, 1), mlp(in_q, cfg.hidden, 1)]).to(self.device)
+        self.q = TwinQ(feat + self.action_dim, cfg.hidden).to(self.device)
         self.v = mlp(feat, cfg.hidden, 1).to(self.device)
         self.q_target = copy.deepcopy(nn.ModuleList([self.q, self.encoder]))
         self.q_target.requires_grad_(False)
+        self._online = list(self.q.parameters()) + list(self.encoder.parameters())
+        self._targets = list(self.q_target[0].parameters()) + list(self.q_target[1].parameters())
         self.shift = RandomShift(cfg.shift_pad)
-        q_params = list(self.q.parameters()) + list(self.encoder.parameters())
-        self.q_opt = torch.optim.Adam(q_params, lr=cfg.lr)
-        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
+        # One Adam, one parameter group per loss term: the terms touch disjoint parameters
+        # (V and the actor read detached features), so one backward of their sum gives
+        # each group exactly its own term's gradient.
         actor_params = list(self.actor.net.parameters()) + ([self.actor.log_std] if self.actor.log_std is not None else [])
-        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.lr)
+        self.opt = torch.optim.Adam([{"params": list(self.v.parameters())}, {"params": self._online},
+                                     {"params": actor_params}], lr=cfg.lr)
         self.steps = 0
         self.normalizer_fitted = not (cfg.normalize_state and state_dim)
 
@@ -194,8 +196,7 @@ class IQL(Learner):
 
     def _q_target(self, obs, action, augment: bool) -> torch.Tensor:
         q_nets, encoder = self.q_target
-        x = torch.cat([self._features(encoder, obs, augment), action], -1)
-        return torch.min(q_nets[0](x), q_nets[1](x)).squeeze(-1)
+        return q_nets(torch.cat([self._features(encoder, obs, augment), action], -1)).min(0).values
 
     # -- losses ---------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -212,39 +213,36 @@ class IQL(Learner):
         v = self.v(feats.detach()).squeeze(-1)
         adv = (target_q - v).detach()
         value_loss = expectile_loss(target_q - v, cfg.expectile)
-        x = torch.cat([feats, action], -1)
-        q1, q2 = self.q[0](x).squeeze(-1), self.q[1](x).squeeze(-1)
-        q_loss = 0.5 * (F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target))
+        q = self.q(torch.cat([feats, action], -1))  # (2, B)
+        q_loss = (q - td_target).pow(2).mean()  # = mean of the two critics' MSEs
         weights = advantage_weights(adv, cfg.beta, cfg.max_weight)
         mean, std = self.actor.dist_params(feats.detach())
         if std is None:
             per_sample = (mean - action).pow(2).sum(-1)
         else:
-            per_sample = -torch.distributions.Normal(mean, std).log_prob(action).sum(-1)
+            per_sample = (0.5 * ((action - mean) / std).pow(2) + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
         actor_loss = (weights * per_sample).mean()
         return {"value_loss": value_loss, "q_loss": q_loss, "actor_loss": actor_loss,
-                "v": v.mean().detach(), "q": q1.mean().detach(), "adv": adv.mean(), "weight": weights.mean()}
+                "v": v.mean().detach(), "q": q[0].mean().detach(), "adv": adv.mean(), "weight": weights.mean()}
 
     def update(self, batch: Batch) -> dict[str, float]:
         if not self.normalizer_fitted:
             self.fit_normalizer(batch.obs["state"].cpu().numpy())
         terms = self.losses(batch)
-        for name, opt in (("value_loss", self.v_opt), ("q_loss", self.q_opt), ("actor_loss", self.actor_opt)):
-            opt.zero_grad(set_to_none=True)
-            terms[name].backward()
-            opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        (terms["value_loss"] + terms["q_loss"] + terms["actor_loss"]).backward()
+        self.opt.step()
         self.steps += 1
+        actor_group = self.opt.param_groups[2]
         if self.cfg.actor_lr_steps:
             frac = min(self.steps / self.cfg.actor_lr_steps, 1.0)
-            for group in self.actor_opt.param_groups:
-                group["lr"] = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+            actor_group["lr"] = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
         with torch.no_grad():
-            for target, src in zip(self.q_target, [self.q, self.encoder]):
-                for pt, p in zip(target.parameters(), src.parameters()):
-                    pt.lerp_(p, self.cfg.tau)
-            self.actor.encoder.load_state_dict(self.encoder.state_dict())
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["actor_lr"] = self.actor_opt.param_groups[0]["lr"]
+            torch._foreach_lerp_(self._targets, self._online, self.cfg.tau)
+            if self.encoder.cameras:
+                self.actor.encoder.load_state_dict(self.encoder.state_dict())
+        out = dict(zip(terms, torch.stack([t.detach() for t in terms.values()]).tolist()))
+        out["actor_lr"] = actor_group["lr"]
         return out
 
     # -- contract -------------------------------------------------------------------------
@@ -256,8 +254,7 @@ class IQL(Learner):
                 "actor": self.actor.state_dict(), "q": self.q.state_dict(), "v": self.v.state_dict(),
                 "q_target": self.q_target.state_dict(),
                 "encoder": self.encoder.state_dict(),
-                "q_opt": self.q_opt.state_dict(), "v_opt": self.v_opt.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "steps": self.steps,
+                "opt": self.opt.state_dict(), "steps": self.steps,
                 "normalizer_fitted": self.normalizer_fitted}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -266,10 +263,24 @@ class IQL(Learner):
         self.v.load_state_dict(state["v"])
         self.q_target.load_state_dict(state["q_target"])
         self.encoder.load_state_dict(state["encoder"])
-        for name in ("q_opt", "v_opt", "actor_opt"):
-            getattr(self, name).load_state_dict(_optimizer_state(state[name]))
+        self.opt.load_state_dict(_optimizer_state(state["opt"]))
         self.steps = int(state["steps"])
         self.normalizer_fitted = bool(state["normalizer_fitted"])
+
+
+class TwinQ(nn.Module):
+    """Two Q MLPs evaluated as one batched ensemble: (B, in) -> (2, B)."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [EnsembleLinear(2, d_in, h), nn.ReLU()]
+            d_in = h
+        self.net = nn.Sequential(*layers, EnsembleLinear(2, d_in, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.expand(2, *x.shape)).squeeze(-1)
 
 
 class _ParamHolder(nn.Module):
