@@ -46,6 +46,7 @@ class TabletopEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     name = "tabletop"
     state_dim = 0
+    _grip_qpos = slice(0, 2)  # qpos of grip_x, grip_y (after the block's joints in push)
 
     def __init__(
         self,
@@ -145,8 +146,6 @@ class TabletopEnv(gym.Env):
         self._renderers.clear()
 
     # --- helpers -----------------------------------------------------------------------
-    _grip_qpos = slice(0, 2)  # grip_x, grip_y are the first joints unless a block precedes
-
     def _render(self, camera: str, size: int) -> np.ndarray:
         renderer = self._renderers.get(size)
         if renderer is None:
