@@ -13,6 +13,13 @@ Allowed staleness: while more than ``max_pending`` episodes wait for labels the 
 pauses its updates (the env keeps running); the skipped updates are owed and made up
 once labels arrive, so the update-to-data ratio still holds over the run. An episode
 whose labeling failed stays unlabeled (never sampled) and is counted, never zero-filled.
+
+Oracle mode (``oracle=True``, for tests and demonstrations only): when the reward
+model's VLM is the scripted stand-in (``rewards.backends.scripted.ScriptedBackend``),
+the labeler tells it the simulator's true progress of every frame it stores
+(``info["progress"]``; a first frame counts as 0 % — true for the built-in tasks, whose
+progress is measured from the initial state). The real prompt builders and parsers
+then run end to end inside a training run without a VLM server.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from embodied.contracts import EpisodeLabels, RewardModel, Transition
 class RewardLabeler:
     def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
                  chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
-                 feedback_every: int = 0, feedback_queries: int = 0):
+                 feedback_every: int = 0, feedback_queries: int = 0, oracle: bool = False):
         self.replay = replay
         self.model = model
         self.camera = camera
@@ -40,12 +47,17 @@ class RewardLabeler:
         self.feedback_queries = feedback_queries
         self._pending_slots: list[int] = []
         self._pending_instr: list[str] = []
+        self._pending_frames: list[np.ndarray] = []
         self._episode_slots: dict[int, list[int]] = defaultdict(list)
         self._futures: dict[int, tuple[Future, list[int]]] = {}
         self._pool = ThreadPoolExecutor(workers) if model is not None and model.asynchronous else None
         self._steps = 0
         self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
         self.failed: list[dict[str, Any]] = []
+        self.oracle = _scripted_backend(model) if oracle else None
+        if oracle and self.oracle is None:
+            raise ValueError("reward.oracle=true needs a scripted oracle: reward.backend.kind=scripted "
+                             "(GVL, VLAC) or reward.labeler=scripted (RL-VLM-F)")
 
     @property
     def mode(self) -> str:
@@ -60,9 +72,13 @@ class RewardLabeler:
             return
         slot = int(self.replay.add(t, labeled=False))
         self._steps += 1
+        if self.oracle is not None:
+            self._tell_oracle(t)
         if self._pool is None:
             self._pending_slots.append(slot)
             self._pending_instr.append(t.obs.get("instruction", ""))
+            # the frame reached; the replay only has it once the episode's next step arrives
+            self._pending_frames.append(t.next_obs["pixels"][self.camera])
             if len(self._pending_slots) >= self.chunk:
                 self.flush()
         else:
@@ -70,6 +86,14 @@ class RewardLabeler:
             slots.append(slot)
             if t.terminated or t.truncated:
                 self._submit(t.episode_id, self._episode_slots.pop(t.episode_id), t.obs.get("instruction", ""))
+
+    def _tell_oracle(self, t: Transition) -> None:
+        from rewards.backends.base import hash_image
+
+        cam = self.camera
+        if t.is_first:
+            self.oracle.progress[hash_image(t.obs["pixels"][cam])] = 0.0
+        self.oracle.progress[hash_image(t.next_obs["pixels"][cam])] = float(t.info.get("progress", 0.0))
 
     # -- inline frame models ------------------------------------------------------------
     def flush(self) -> None:
@@ -81,11 +105,12 @@ class RewardLabeler:
         rewards = np.empty(len(slots), np.float32)
         for text in np.unique(instr):
             idx = np.flatnonzero(instr == text)
-            frames = self.replay.frames(slots[idx], self.camera, next=True)
+            frames = np.stack([self._pending_frames[j] for j in idx])
             rewards[idx] = self.model.score_frames(frames, str(text))
         self.replay.set_rewards(slots, rewards * self.scale)
         self._pending_slots.clear()
         self._pending_instr.clear()
+        self._pending_frames.clear()
 
     def maybe_feedback(self, env_step: int) -> dict[str, float]:
         """PEBBLE-style schedule for trainable models: a feedback round every N env steps."""
@@ -147,3 +172,16 @@ class RewardLabeler:
         if self.model is not None and state.get("model"):
             self.model.load_state_dict(state["model"])
         self.stats.update({k: int(v) for k, v in state.get("stats", {}).items()})
+
+
+def _scripted_backend(model):
+    """The ground-truth oracle inside a reward model, or None: RL-VLM-F's scripted
+    preference labeler, or the scripted VLM (possibly behind the cache)."""
+    from rewards.backends.scripted import ScriptedBackend
+
+    if isinstance(getattr(getattr(model, "oracle", None), "progress", None), dict):
+        return model.oracle
+    backend = getattr(model, "backend", None)
+    while backend is not None and not isinstance(backend, ScriptedBackend):
+        backend = getattr(backend, "backend", None)
+    return backend

@@ -61,7 +61,7 @@ class Trainer:
             rkw = OmegaConf.to_container(cfg.reward, resolve=True)
             rkw.pop("name")
             labeler_kw = {k: rkw.pop(k) for k in ("chunk", "max_pending", "workers", "scale",
-                                                  "feedback_every", "feedback_queries") if k in rkw}
+                                                  "feedback_every", "feedback_queries", "oracle") if k in rkw}
             self.reward_model = make_reward(reward_name, **rkw)
             kw["pixels"] = True  # reward models read frames, whatever the learner reads
         self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
