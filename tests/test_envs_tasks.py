@@ -158,3 +158,14 @@ def test_env_configs_build(path):
     obs, _ = env.reset()
     assert env.observation_space.contains(obs)
     assert ("pixels" in obs) == cfg.get("pixels", False)
+
+
+def test_proprio_only_hides_the_task_from_the_state():
+    full = make_env("push", seed=5, pixels=True)
+    proprio = make_env("push", seed=5, pixels=True, proprio_only=True)
+    (f, _), (p, _) = full.reset(), proprio.reset()
+    assert proprio.observation_space["state"].shape == (4,)
+    np.testing.assert_array_equal(p["state"], f["state"][:4])  # gripper xy and velocity
+    np.testing.assert_array_equal(p["pixels"]["front"], f["pixels"]["front"])
+    with pytest.raises(ValueError, match="set pixels=True"):
+        make_env("reach", proprio_only=True)

@@ -19,6 +19,9 @@ names ("move the gripper to the red target"). The colour is drawn per episode; o
   ``d_bg`` block-goal distance.
   success: ``d_bg < success_radius`` (0.04 m).
 
+With ``proprio_only=True`` (needs pixels) the state is only the gripper's position and
+velocity (4): where the target, block and goal are must be read from the images.
+
 ``info["progress"] = clip(1 - d / d_0, 0, 1)`` with ``d`` the task distance
 (fingertip-target, block-goal) and ``d_0`` its value at reset. By default an episode
 runs to its time limit (``terminate_on_success=False``): the policy learns to stay at
@@ -38,6 +41,7 @@ from envs.core import check_cameras, observation_space, unit_action_space
 
 TARGET_COLORS = ("red", "green", "blue", "yellow")
 BLOCK_COLORS = ("blue", "red", "yellow", "purple")
+PROPRIO_DIM = 4  # gripper xy and velocity: the first entries of every task's state
 
 
 class TabletopEnv(gym.Env):
@@ -61,6 +65,7 @@ class TabletopEnv(gym.Env):
         terminate_on_success: bool = False,
         distractors: int = 0,
         randomize_colors: bool = False,
+        proprio_only: bool = False,
         render_mode: str | None = "rgb_array",
         block: bool = False,
         marker_shape: str = "disc",
@@ -78,6 +83,7 @@ class TabletopEnv(gym.Env):
         self.success_radius = float(success_radius)
         self.terminate_on_success = bool(terminate_on_success)
         self.distractors, self.randomize_colors = int(distractors), bool(randomize_colors)
+        self.proprio_only = bool(proprio_only)
         self.render_mode = render_mode
         buffer = max(self.image_size, self.render_size)
         xml = scene_xml(block=block, num_markers=1 + self.distractors,
@@ -90,7 +96,10 @@ class TabletopEnv(gym.Env):
             for i in range(1 + self.distractors)
         ]
         self._renderers: dict[int, Any] = {}  # one reused Renderer per image size
-        self.observation_space = observation_space(self.state_dim, self.cameras, self.image_size)
+        state_dim = PROPRIO_DIM if self.proprio_only else self.state_dim
+        if self.proprio_only and not self.cameras:
+            raise ValueError(f"{self.name}: proprio_only=True hides the task from the state; set pixels=True")
+        self.observation_space = observation_space(state_dim, self.cameras, self.image_size)
         self.action_space = unit_action_space(2)
         self.instruction = ""
         self._d0 = 1.0
@@ -159,7 +168,9 @@ class TabletopEnv(gym.Env):
         return renderer.render()
 
     def _obs(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {"state": self._state(), "instruction": self.instruction}
+        state = self._state()
+        obs: dict[str, Any] = {"state": state[:PROPRIO_DIM] if self.proprio_only else state,
+                               "instruction": self.instruction}
         if self.cameras:
             self._mj.mj_kinematics(self.model, self.data)  # mj_step leaves poses one substep stale
             obs["pixels"] = {cam: self._render(cam, self.image_size) for cam in self.cameras}
