@@ -171,9 +171,9 @@ class SAC(Learner):
         self.shift = RandomShift(4) if cams and cfg.augment else None
         actor_params = [p for n, p in self.actor.named_parameters()
                         if cfg.encoder == "separate" or not n.startswith("encoder.")]
-        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=cfg.critic_lr, fused=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
         self._online = [p for p in self.critic.parameters() if p.requires_grad]
         self._targets = [t for p, t in zip(self.critic.parameters(), self.target.parameters()) if p.requires_grad]
         self.updates = 0  # update() calls
