@@ -281,8 +281,8 @@ def _load_model(model_name, pretrained, model_cfg, device, dtype, cache_dir):
         model = open_clip.create_model(
             model_name, pretrained=pretrained or None, precision=PRECISION[dtype], device=device, cache_dir=cache_dir
         )
-    except RuntimeError as e:
-        raise RuntimeError(
+    except RuntimeError as e:  # unknown name or tag, failed download: a setting to fix
+        raise ValueError(
             f"could not build CLIP model {model_name!r} with pretrained={pretrained!r}: {e}. "
             "Offline? set reward.pretrained to a local checkpoint file, or use reward=clip_tiny"
         ) from e

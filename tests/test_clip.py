@@ -198,6 +198,8 @@ def test_local_checkpoint_file_loads_the_same_weights(tmp_path, reward):
                         baseline_prompts=BASELINES, alpha=0.5)
     f = frames(3)
     np.testing.assert_allclose(loaded.score_frames(f, "push"), reward.score_frames(f, "push"), atol=1e-6)
+    with pytest.raises(ValueError, match="reward.pretrained"):  # an unknown tag, nothing downloaded
+        CLIPReward(model_name="tiny-test", pretrained="no_such_tag", model_cfg=TINY)
     with pytest.raises(FileNotFoundError, match="reward.pretrained"):
         CLIPReward(model_name="tiny-test", pretrained=str(tmp_path / "missing.safetensors"))
 
