@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +31,7 @@ class Logger:
             import wandb
 
             run_id_file = self.dir / "wandb_id"
-            run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else wandb.util.generate_id()
+            run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else secrets.token_hex(6)
             run_id_file.write_text(run_id)
             self._wandb = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(self.dir),
                                      mode=wandb_mode, config=dict(config or {}), reinit="finish_previous")
