@@ -186,8 +186,13 @@ class Replay:
         return np.array([self.add(t, labeled=labeled) for t in transitions], np.int64)
 
     # ------------------------------------------------------------------ labels
-    def set_rewards(self, slots: np.ndarray, rewards: np.ndarray) -> None:
-        """Label (or relabel) the given slots with the given rewards."""
+    def set_rewards(self, slots: np.ndarray, rewards: np.ndarray, episode_id: int | np.ndarray | None = None) -> int:
+        """Label (or relabel) the given slots with the given rewards; returns how many were written.
+
+        With ``episode_id`` (one id, or one per slot), slots that were overwritten by
+        another episode since they were handed out (a slow asynchronous label on a full
+        replay) are skipped instead of mislabeled.
+        """
         slots = np.asarray(slots, np.int64).reshape(-1)
         rewards = np.asarray(rewards, np.float32).reshape(-1)
         if slots.shape != rewards.shape:
@@ -196,8 +201,12 @@ class Replay:
             raise ValueError(f"slots must lie in [0, {self.size}), got range [{slots.min()}, {slots.max()}]")
         if not np.all(np.isfinite(rewards)):
             raise ValueError("rewards must be finite numbers (a failed label is not a reward)")
+        if episode_id is not None:
+            keep = self.episode_id[slots] == np.asarray(episode_id, np.int64)
+            slots, rewards = slots[keep], rewards[keep]
         self.reward[slots] = rewards
         self.labeled[slots] = True
+        return int(slots.size)
 
     def relabel(self, fn: Callable[[dict], np.ndarray], batch_size: int = 1024) -> None:
         """Recompute the reward of every stored transition whose next observation is known.

@@ -156,6 +156,15 @@ def test_unlabeled_never_sampled_until_labeled():
         r.set_rewards(unlabeled[:1], np.array([np.nan]))
 
 
+def test_set_rewards_skips_slots_taken_by_another_episode():
+    r = Replay(4, obs_space(), ACT)
+    slots = r.add_batch(episode(0, [0.0] * 3, "terminated"), labeled=False)
+    r.add_batch(episode(1, [0.0] * 2, "terminated"), labeled=False)  # overwrites slot 0 before labels arrive
+    assert r.set_rewards(slots, np.array([1.0, 2.0, 3.0]), episode_id=0) == 2
+    assert not r.labeled[0] and list(r.reward[1:3]) == [2.0, 3.0]
+    assert r.set_rewards(np.array([0]), np.array([5.0]), episode_id=np.array([1])) == 1 and r.reward[0] == 5.0
+
+
 def test_relabel_sees_next_obs_and_labels_everything():
     r = Replay(100, obs_space(), ACT, n_step=1)
     r.add_batch(episode(0, [0.0] * 3, "terminated"), labeled=False)
