@@ -53,6 +53,7 @@ class LoopConfig:
     reset: str = "scripted"  # scripted | human
     reward: str = "env"  # env: the robot's reward (sim); keys: 1 on the success key, else 0
     deterministic: bool = False  # act with the policy mean
+    eval_every: int = 0  # every N-th episode acts with the policy mean, no human (0: never)
     seed: int = 0
     stats_file: str = ""  # JSON stats written every second (empty: none)
 
@@ -74,6 +75,8 @@ class Actor:
         self.rng = np.random.default_rng(self.cfg.seed)
         self.stop_event = threading.Event()
         self.archive: list[dict] = []  # return_explore: states from successful episodes
+        self.outcomes: list[tuple[bool, bool]] = []  # (success, human intervened) per finished episode
+        self.eval_outcomes: list[bool] = []  # success of each evaluation episode
         self.jitter_ms: list[float] = []
         self.latency_ms: list[float] = []
         self.counts = {"steps": 0, "episodes": 0, "successes": 0, "interventions": 0, "overruns": 0,
@@ -85,7 +88,7 @@ class Actor:
     def _policy(self):
         return self.fixed_policy if self.fixed_policy is not None else getattr(self.link, "policy", None)
 
-    def _act(self, obs: dict) -> np.ndarray:
+    def _act(self, obs: dict, deterministic: bool) -> np.ndarray:
         policy = self._policy()
         if policy is None:
             return self.rng.uniform(-1, 1, self.env.action_space.shape).astype(np.float32)
@@ -95,7 +98,7 @@ class Actor:
         if "pixels" in obs:
             batch["pixels"] = {c: v[None] for c, v in obs["pixels"].items()}
         t0 = time.perf_counter()
-        action = np.asarray(policy.act(batch, deterministic=self.cfg.deterministic), np.float32)[0]
+        action = np.asarray(policy.act(batch, deterministic=deterministic), np.float32)[0]
         self.latency_ms.append(1e3 * (time.perf_counter() - t0))
         return action
 
@@ -124,7 +127,7 @@ class Actor:
         episode = self.episode_offset
         obs, info = self._reset(episode)
         human = self._poll(obs, info)
-        step, batch, saved = 0, [], []
+        step, batch, saved, intervened_episode = 0, [], [], False
         next_tick = time.perf_counter()
         while not self.stop_event.is_set() and not (cfg.max_steps and self.counts["steps"] >= cfg.max_steps):
             next_tick += period
@@ -136,8 +139,9 @@ class Actor:
                 next_tick = time.perf_counter()
             self.jitter_ms.append(1e3 * abs(time.perf_counter() - next_tick))
 
-            intervening = cfg.mode != "none" and human.intervening and human.action is not None
-            action = human.action if intervening else self._act(obs)
+            evaluating = bool(cfg.eval_every) and episode % cfg.eval_every == cfg.eval_every - 1
+            intervening = cfg.mode != "none" and not evaluating and human.intervening and human.action is not None
+            action = human.action if intervening else self._act(obs, cfg.deterministic or evaluating)
             action = self.limits(action)
             if self.watchdog is not None:
                 self.watchdog.feed()
@@ -159,6 +163,7 @@ class Actor:
                            intervention=intervening, info=_scalars(info))
             batch.append(t)
             self.counts["interventions"] += int(intervening)
+            intervened_episode |= intervening
             step += 1
             obs = next_obs
             if len(batch) >= cfg.batch or t.done:
@@ -167,6 +172,10 @@ class Actor:
             if t.done:
                 self.counts["episodes"] += 1
                 self.counts["successes"] += int(success)
+                self.outcomes.append((success, intervened_episode))
+                if evaluating:
+                    self.eval_outcomes.append(success)
+                intervened_episode = False
                 if success and saved:
                     self.archive = (self.archive + saved[: max(1, len(saved) // 2)])[-200:]
                 episode, step, saved = episode + 1, 0, []
@@ -200,6 +209,12 @@ class Actor:
             if values:
                 out[f"{name}_p50"] = float(np.percentile(values, 50))
                 out[f"{name}_p99"] = float(np.percentile(values, 99))
+        autonomous = [ok for ok, helped in self.outcomes if not helped][-20:]
+        if autonomous:  # the policy's own success, episodes without any intervention
+            out["success_rate_last20"] = float(np.mean(autonomous))
+        if self.eval_outcomes:
+            out["eval_success_last10"] = float(np.mean(self.eval_outcomes[-10:]))
+            out["eval_episodes"] = len(self.eval_outcomes)
         out.update(self.limits.stats())
         if self.watchdog is not None:
             out.update(self.watchdog.stats())
