@@ -18,20 +18,21 @@ from torch import nn
 
 class RandomShift(nn.Module):
     """DrQ random shift: pad each image by ``pad`` pixels (edge replicate) and crop back
-    to its size at a random offset per image. Works on uint8 ``(B, H, W, C)`` directly."""
+    to its size at a random offset per image. Works on uint8 ``(B, H, W, C)`` directly:
+    edge padding is the same as clamping the source indices, so nothing is padded."""
 
     def __init__(self, pad: int = 4):
         super().__init__()
         self.pad = pad
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        padded = nn.functional.pad(x.permute(0, 3, 1, 2).float(), [self.pad] * 4, mode="replicate")
-        padded = padded.to(x.dtype).permute(0, 2, 3, 1)  # (B, H + 2p, W + 2p, C)
-        shift = torch.randint(0, 2 * self.pad + 1, (b, 2), generator=generator, device=x.device)
-        rows = (torch.arange(h, device=x.device) + shift[:, :1])[:, :, None]  # (B, H, 1)
-        cols = (torch.arange(w, device=x.device) + shift[:, 1:])[:, None, :]  # (B, 1, W)
-        return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols]
+        b, h, w, c = x.shape
+        dev = x.device
+        shift = torch.randint(0, 2 * self.pad + 1, (b, 2), generator=generator, device=dev) - self.pad
+        rows = (torch.arange(h, device=dev) + shift[:, :1]).clamp_(0, h - 1)  # (B, H)
+        cols = (torch.arange(w, device=dev) + shift[:, 1:]).clamp_(0, w - 1)  # (B, W)
+        src = torch.arange(b, device=dev)[:, None, None] * (h * w) + rows[:, :, None] * w + cols[:, None, :]
+        return x.reshape(b * h * w, c).index_select(0, src.view(-1)).view(b, h, w, c)
 
 
 class ConvTrunk(nn.Module):
@@ -43,7 +44,7 @@ class ConvTrunk(nn.Module):
             raise ValueError(f"camera frames must be (H, W, 3) with H, W >= 32, got {tuple(frame_shape)}")
         layers, c_in = [], frame_shape[-1]
         for stride in strides:
-            layers += [nn.Conv2d(c_in, channels, 3, stride=stride), nn.ReLU()]
+            layers += [nn.Conv2d(c_in, channels, 3, stride=stride), nn.ReLU(inplace=True)]
             c_in = channels
         self.net = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():

@@ -47,7 +47,7 @@ def grads(module):
 
 
 def zero(sac):
-    for m in (sac.actor, sac.critic, sac.target):
+    for m in (sac.actor, sac.encoder, sac.critic, sac.target):
         m.zero_grad(set_to_none=True)
     sac.log_alpha.grad = None
 
@@ -59,30 +59,30 @@ def test_each_loss_moves_only_its_own_parameters(pixels, encoder):
     b = batch(8, pixels)
     actor_head = {n for n, _ in sac.actor.named_parameters() if not n.startswith("encoder.")}
     actor_enc = {n for n, _ in sac.actor.named_parameters() if n.startswith("encoder.")}
-    critic_q = {n for n, _ in sac.critic.named_parameters() if n.startswith("q.")}
-    critic_enc = {n for n, _ in sac.critic.named_parameters() if n.startswith("encoder.")}
+    critic_enc = {n for n, _ in sac.encoder.named_parameters()}  # the actor's own encoder when shared
+    trains_encoder = pixels and encoder != "frozen"
+    assert (sac.encoder is sac.actor.encoder) == (encoder != "separate")
 
     zero(sac)
     sac.critic_loss(b)[0].backward()
-    moved = grads(sac.critic)
-    assert critic_q <= moved
-    assert (critic_enc <= moved) if encoder != "frozen" and pixels else not (critic_enc & moved)
-    if encoder != "shared" or not pixels:  # a shared encoder is the critic's: its grads are expected
+    assert grads(sac.critic) == {n for n, _ in sac.critic.named_parameters()}
+    assert grads(sac.encoder) == (critic_enc if trains_encoder else set())
+    assert not grads(sac.actor) & actor_head
+    if encoder == "separate":
         assert not grads(sac.actor)
-    else:
-        assert grads(sac.actor) == {f"encoder.{n[len('encoder.'):]}" for n in critic_enc}
     assert not grads(sac.target) and sac.log_alpha.grad is None
 
     zero(sac)
     loss, logp = sac.actor_loss(b.obs)
     loss.backward()
-    assert not grads(sac.critic) and not grads(sac.target) and sac.log_alpha.grad is None
-    expected = actor_head | (actor_enc if encoder == "separate" else set())
-    assert grads(sac.actor) == expected
+    assert not grads(sac.critic) and not grads(sac.encoder) and not grads(sac.target)
+    assert sac.log_alpha.grad is None
+    assert grads(sac.actor) == actor_head | (actor_enc if encoder == "separate" else set())
 
     zero(sac)
     sac.alpha_loss(logp).backward()
-    assert not grads(sac.actor) and not grads(sac.critic) and sac.log_alpha.grad is not None
+    assert not grads(sac.actor) and not grads(sac.critic) and not grads(sac.encoder)
+    assert sac.log_alpha.grad is not None and sac.log_alpha.grad.abs() > 0
 
 
 def test_update_steps_networks_and_target_follows_by_polyak():
@@ -105,13 +105,13 @@ def test_update_steps_networks_and_target_follows_by_polyak():
 
 def test_frozen_encoder_never_changes_and_actor_every_delays_the_actor():
     sac = make(pixels=True, encoder="frozen", actor_every=2)
-    enc = {k: v.clone() for k, v in sac.critic.encoder.state_dict().items()}
+    enc = {k: v.clone() for k, v in sac.encoder.state_dict().items()}
     head = sac.actor.net[0].weight.clone()
     m1 = sac.update(batch(8, True, seed=1))
     assert "loss/actor" not in m1 and torch.equal(sac.actor.net[0].weight, head)
     m2 = sac.update(batch(8, True, seed=2))
     assert "loss/actor" in m2 and not torch.equal(sac.actor.net[0].weight, head)
-    for k, v in sac.critic.encoder.state_dict().items():
+    for k, v in sac.encoder.state_dict().items():
         assert torch.equal(v, enc[k])
 
 

@@ -16,8 +16,12 @@ matrix products, one ``baddbmm`` per layer for all members.
 Encoders (pixels): ``shared`` — one encoder trained by the critic loss, the actor reads
 its detached features (DrQ / RLPD); ``separate`` — actor and critic each train their
 own; ``frozen`` — one encoder never trained (load pretrained weights into
-``learner.policy().encoder`` before training). Each loss term is a separate method and
-moves only its own parameters (``tests/test_sac.py``).
+``learner.policy().encoder`` before training). As in DrQ-v2, next observations are
+encoded once, without gradient, by the critic's online encoder for both the next action
+and the target Q (the target network holds only the Q heads), and the actor update
+reuses the critic's detached features of the last mini-batch: one forward + backward
+and one forward pass through the conv encoder per critic update. Each loss term is a
+separate method and moves only its own parameters (``tests/test_sac.py``).
 """
 
 from __future__ import annotations
@@ -107,13 +111,13 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class Critic(nn.Module):
-    """Observation encoder + ensemble of Q networks: (obs, action) -> (E, B) Q values."""
+    """Ensemble of Q networks on encoded features: (features, action) -> (E, B) Q values."""
 
-    def __init__(self, encoder: ObsEncoder, action_dim: int, cfg: SACConfig):
+    def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig):
         super().__init__()
-        self.encoder, self.members = encoder, cfg.num_critics
+        self.members = cfg.num_critics
         layers: list[nn.Module] = []
-        d_in = encoder.out_dim + action_dim
+        d_in = feature_dim + action_dim
         for h in cfg.hidden:
             layers.append(EnsembleLinear(cfg.num_critics, d_in, h))
             layers += [EnsembleLayerNorm(cfg.num_critics, h)] if cfg.layer_norm else []
@@ -157,64 +161,59 @@ class SAC(Learner):
         torch.manual_seed(cfg.seed)  # initial weights
         self.actor = GaussianActor(self.action_dim, state_dim, cams, cfg.hidden, cfg.feature_dim,
                                    cfg.channels).to(self.device)
-        enc = self.actor.encoder
+        self.encoder = self.actor.encoder  # the critic's encoder
         if cfg.encoder == "separate":
-            enc = ObsEncoder(state_dim, cams, cfg.feature_dim, cfg.channels).to(self.device)
-        self.critic = Critic(enc, self.action_dim, cfg).to(self.device)
-        self.target = copy.deepcopy(self.critic).requires_grad_(False)
+            self.encoder = ObsEncoder(state_dim, cams, cfg.feature_dim, cfg.channels).to(self.device)
         self.train_encoder = bool(cams) and cfg.encoder != "frozen"
-        if cfg.encoder == "frozen":
-            enc.requires_grad_(False)
-            self.target.encoder = enc  # never trained: no copy to track
+        self.encoder.requires_grad_(self.train_encoder)
+        self.critic = Critic(self.encoder.out_dim, self.action_dim, cfg).to(self.device)
+        self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.target_entropy = -float(self.action_dim) if cfg.target_entropy is None else cfg.target_entropy
         self.shift = RandomShift(4) if cams and cfg.augment else None
         actor_params = [p for n, p in self.actor.named_parameters()
                         if cfg.encoder == "separate" or not n.startswith("encoder.")]
+        critic_params = [*self.critic.parameters(), *(self.encoder.parameters() if self.train_encoder else [])]
         self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam([p for p in self.critic.parameters() if p.requires_grad], lr=cfg.critic_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr, fused=True)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
-        self._online = [p for p in self.critic.parameters() if p.requires_grad]
-        self._targets = [t for p, t in zip(self.critic.parameters(), self.target.parameters()) if p.requires_grad]
+        self._online, self._targets = list(self.critic.parameters()), list(self.target.parameters())
         self.updates = 0  # update() calls
         self.critic_updates = 0
 
-    # ------------------------------------------------------------------ features
-    def _actor_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """Actor input; gradients reach the encoder only when the actor owns it."""
-        if self.cfg.encoder == "separate":
-            return self.actor.encoder(obs)
-        with torch.no_grad():
-            return self.actor.encoder(obs)
-
-    def _critic_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        if self.train_encoder:
-            return self.critic.encoder(obs)
-        with torch.no_grad():
-            return self.critic.encoder(obs)
-
     # ------------------------------------------------------------------ loss terms
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sum over members of the mean squared TD error; moves critics (and their encoder)."""
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Sum over members of the mean squared TD error; moves the critics and their encoder.
+
+        Returns (loss, metrics, detached features of ``batch.obs`` for the actor update).
+        """
         with torch.no_grad():
-            next_action, next_logp = self.actor(self._actor_features(batch.next_obs), generator=self.gen)
-            q_next = self.target(self.target.encoder(batch.next_obs), next_action)
+            next_features = self.encoder(batch.next_obs)
+            actor_next = self.actor.encoder(batch.next_obs) if self.cfg.encoder == "separate" else next_features
+            next_action, next_logp = self.actor(actor_next, generator=self.gen)
+            q_next = self.target(next_features, next_action)
             subset = torch.randperm(self.cfg.num_critics, generator=self.gen, device=self.device)[: self.cfg.num_min]
             v_next = q_next[subset].min(0).values - self.log_alpha.exp() * next_logp
             target = batch.reward + batch.discount * v_next
-        q = self.critic(self._critic_features(batch.obs), batch.action)
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            features = self.encoder(batch.obs)
+        q = self.critic(features, batch.action)
         loss = (q - target).pow(2).mean(1).sum()
-        return loss, {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
+        metrics = {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
+        return loss, metrics, features.detach()
 
-    def actor_loss(self, obs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """E[alpha * log pi(a|s) - mean_i Q_i(s, a)]; moves the actor only. Returns (loss, log pi)."""
-        features = self._actor_features(obs)
-        action, logp = self.actor(features, generator=self.gen)
-        if self.cfg.encoder == "separate":
+    def actor_loss(self, obs: Mapping[str, Any], features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[alpha * log pi(a|s) - mean_i Q_i(s, a)]; moves the actor only. Returns (loss, log pi).
+
+        ``features``: the critic encoder's (detached) features of ``obs``, when already computed.
+        """
+        if features is None:
             with torch.no_grad():
-                features = self.critic.encoder(obs)
+                features = self.encoder(obs)
+        actor_features = self.actor.encoder(obs) if self.cfg.encoder == "separate" else features
+        action, logp = self.actor(actor_features, generator=self.gen)
         with frozen(self.critic):
-            q = self.critic(features.detach(), action).mean(0)
+            q = self.critic(features, action).mean(0)
         return (self.log_alpha.exp().detach() * logp - q).mean(), logp
 
     def alpha_loss(self, logp: torch.Tensor) -> torch.Tensor:
@@ -238,7 +237,7 @@ class SAC(Learner):
             part = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
             mini = Batch(obs=_rows(obs, part), action=batch.action[part], reward=batch.reward[part],
                          discount=batch.discount[part], next_obs=_rows(next_obs, part))
-            loss, metrics = self.critic_loss(mini)
+            loss, metrics, features = self.critic_loss(mini)
             self.critic_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_opt.step()
@@ -247,7 +246,7 @@ class SAC(Learner):
         metrics["loss/critic"] = loss.detach()
         self.updates += 1
         if self.updates % cfg.actor_every == 0:
-            actor_loss, logp = self.actor_loss(mini.obs)
+            actor_loss, logp = self.actor_loss(mini.obs, features)
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_opt.step()
@@ -266,14 +265,15 @@ class SAC(Learner):
         return self.actor
 
     def state_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+        return {"actor": self.actor.state_dict(), "encoder": self.encoder.state_dict(),
+                "critic": self.critic.state_dict(), "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "alpha_opt": self.alpha_opt.state_dict(), "rng": self.gen.get_state(),
                 "counters": {"updates": self.updates, "critic_updates": self.critic_updates}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.actor.load_state_dict(state["actor"])
+        self.encoder.load_state_dict(state["encoder"])
         self.critic.load_state_dict(state["critic"])
         self.target.load_state_dict(state["target"])
         with torch.no_grad():
