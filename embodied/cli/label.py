@@ -19,6 +19,11 @@ The last row of an episode has no next frame in a LeRobotDataset; the module see
 episode's frames with the last one repeated, so that row's reward is the reward of
 staying in the final frame.
 
+Trainable modules (RL-VLM-F): before labeling, ``preference_pairs`` frame pairs drawn
+from two different episodes are labeled by the module (its VLM, or the scripted oracle,
+which answers from the dataset's ``gt.progress`` column), the Bradley-Terry reward is
+fit on them and saved in the side store, then every episode is labeled with it.
+
 Resumable: labels go first to ``<output>.partial/labels/episode_<i>.npz`` (one file per
 episode, written atomically), then the dataset is written and moved into place. A
 killed run continues without redoing labeled episodes; a rerun over a finished output
@@ -47,6 +52,8 @@ setup_runtime()
 log = logging.getLogger("embodied")
 
 LABEL_COLUMNS = ("next.reward", "progress", "success", "label_ok")
+# reward config keys read by the online training loop (embodied/labeling.py), not by the module
+LOOP_ONLY = ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries", "oracle")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -188,9 +195,43 @@ def label_one(model: RewardModel, frames: np.ndarray, instruction: str) -> Episo
     return labels
 
 
+def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None, pairs: int, seed: int,
+                    partial: Path) -> dict[str, Any]:
+    """Label ``pairs`` frame pairs of the dataset with the module, fit its reward, save it."""
+    from embodied import checkpoint
+    from embodied.datasets.read import iter_episodes
+
+    store = partial / "reward_model"
+    if checkpoint.latest(store) is not None:  # fitted before a kill: reuse, never re-ask
+        state = checkpoint.load(store)
+        model.load_state_dict(state["model"])
+        return dict(state["metrics"])
+    oracle = getattr(model, "oracle", None)
+    if oracle is not None and "gt.progress" not in ds.meta.features:
+        raise ValueError("the scripted preference oracle answers from true progress: the dataset needs gt.progress")
+    episodes = list(iter_episodes(ds, [camera]))
+    if len(episodes) < 2:
+        raise ValueError("preference labeling needs at least two episodes")
+    if oracle is not None:
+        for ep in episodes:
+            oracle.add_episode(ep.frames[camera], np.asarray(ep.columns["gt.progress"]).reshape(-1))
+    rng = np.random.default_rng(seed)
+    ia, ib = (rng.integers(len(episodes), size=pairs) for _ in range(2))
+    ib = np.where(ia == ib, (ib + 1) % len(episodes), ib)
+    frame = lambda e: episodes[e].frames[camera][rng.integers(len(episodes[e]))]  # noqa: E731
+    frames_a = np.stack([frame(e) for e in ia])
+    frames_b = np.stack([frame(e) for e in ib])
+    labels = model.label_pairs(frames_a, frames_b, instruction or episodes[0].task)
+    metrics = {**model.add_preferences(frames_a, frames_b, labels), "pairs": pairs}
+    metrics.update({k: float(v) for k, v in model.train_reward().items()})
+    checkpoint.save(store, 0, {"model": model.state_dict(), "metrics": metrics})
+    return metrics
+
+
 def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], RewardModel], reward_cfg: dict[str, Any],
                   camera: str | None = None, instruction: str | None = None, repo_id: str | None = None,
-                  plot_episodes: int = 6, show_progress: bool = True) -> dict[str, Any]:
+                  plot_episodes: int = 6, show_progress: bool = True, preference_pairs: int = 0,
+                  preference_seed: int = 0) -> dict[str, Any]:
     """Label ``source`` (path, hub id or an open LeRobotDataset) into a new dataset at ``output``.
 
     ``model`` may be a zero-argument factory: it is called only after every input check
@@ -208,6 +249,7 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     camera = resolve_camera(ds, camera or reward_cfg.get("camera") or getattr(model, "camera", None))
     check_source(ds, camera)
     job = make_job(ds, reward_cfg, camera, instruction)
+    job["preferences"] = [preference_pairs, preference_seed]
     state = check_output(output, job)
     if state == "done":
         shutil.rmtree(partial_dir(output), ignore_errors=True)
@@ -222,6 +264,12 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     todo = [i for i in episodes if not label_file(partial, i).exists()]
     if todo and not isinstance(model, RewardModel):
         model = model()
+    preference_metrics = None
+    if todo and getattr(model, "trainable", False):
+        if preference_pairs < 1:
+            raise ValueError(f"reward {reward_cfg.get('name')!r} learns from preferences: set preference_pairs > 0")
+        preference_metrics = fit_preferences(ds, model, camera, instruction, preference_pairs, preference_seed, partial)
+        log.info("preference reward fit: %s", preference_metrics)
     start = time.time()
     frames_done = 0
     with ThreadPoolExecutor(1) as pool:  # decode the next episode while the model runs
@@ -235,7 +283,8 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
             frames_done += len(ep)
     label_seconds = time.time() - start
     return _write_output(ds, output, partial, job, camera, reward_cfg, repo_id, plot_episodes,
-                         {"label_seconds": label_seconds, "frames_labeled_this_run": frames_done})
+                         {"label_seconds": label_seconds, "frames_labeled_this_run": frames_done,
+                          **({"preferences": preference_metrics} if preference_metrics else {})})
 
 
 def _write_output(ds, output: Path, partial: Path, job: dict, camera: str, reward_cfg: dict,
@@ -340,11 +389,12 @@ def run(cfg) -> dict[str, Any]:
 
     def build() -> RewardModel:
         torch.manual_seed(int(cfg.seed))
-        kw = dict(reward_cfg)
+        kw = {k: v for k, v in reward_cfg.items() if k not in LOOP_ONLY}
         return make_reward(kw.pop("name"), **kw)
 
     summary = label_dataset(ds, output, build, reward_cfg, cfg.camera, cfg.instruction, cfg.repo_id,
-                            int(cfg.plot_episodes))
+                            int(cfg.plot_episodes), preference_pairs=int(cfg.preference_pairs),
+                            preference_seed=int(cfg.seed))
     summary_line = {k: summary[k] for k in ("episodes", "episodes_labeled", "episodes_failed", "failed_queries",
                                             "reward_mean", "reward_std", "reward_min", "reward_max")}
     print(json.dumps({"output": str(output), **summary_line}))

@@ -10,6 +10,7 @@ and ``expert`` (after ``total_steps``). Datasets, each a LeRobotDataset written 
 ``expert``         the expert actor, stochastic
 ``medium_replay``  every episode the SAC agent collected until the medium stage
 ``medium_expert``  medium and expert episodes, ``steps`` of each
+``scripted``       (``reach`` only, no SAC) a noisy proportional controller, ``scripted_noise``
 
 Everything follows from the seed: the same config gives the same datasets. Trained
 actors are cached under ``<output>/_policies/<hash of the training config>/``, so
@@ -34,6 +35,7 @@ from embodied.datasets.record import DatasetRecorder
 
 log = logging.getLogger("embodied")
 KINDS = ("random", "medium", "expert", "medium_replay", "medium_expert")
+ALL_KINDS = KINDS + ("scripted",)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class GenerateConfig:
     """Seeds the SAC training, the rollouts and the envs."""
     fps: int = 10
     """Frame rate written into the datasets' metadata."""
+    scripted_noise: float = 1.5
+    """Action noise std of the ``scripted`` reach controller (1.5: about 45 % success)."""
     sac: SACStages = field(default_factory=SACStages)
 
 
@@ -178,9 +182,11 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
     import envs
 
     output = Path(output)
-    unknown = sorted(set(cfg.kinds) - set(KINDS))
+    unknown = sorted(set(cfg.kinds) - set(ALL_KINDS))
     if unknown:
-        raise ValueError(f"unknown dataset kind {unknown[0]!r}; choose from {list(KINDS)}")
+        raise ValueError(f"unknown dataset kind {unknown[0]!r}; choose from {list(ALL_KINDS)}")
+    if "scripted" in cfg.kinds and cfg.env != "reach":
+        raise ValueError(f"kind 'scripted' exists for env=reach only, not {cfg.env!r}")
     existing = [k for k in cfg.kinds if (output / k).exists()]
     if existing:
         raise FileExistsError(f"{output / existing[0]} already exists; choose another output= or delete it")
@@ -207,6 +213,8 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
     def policy_fn(name: str) -> Callable[[dict], np.ndarray]:
         if name == "random":
             return lambda obs: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        if name == "scripted":
+            return scripted_reach(cfg.scripted_noise, rng)
         if name not in actors:
             actors[name] = load_actor(stages[name])
         return lambda obs: actors[name].act({"state": obs["state"][None]})[0]
@@ -215,7 +223,7 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
     for kind in cfg.kinds:
         if kind == "medium_replay":
             continue
-        seed = cfg.seed * 1_000_003 + KINDS.index(kind) * 100_000
+        seed = cfg.seed * 1_000_003 + ALL_KINDS.index(kind) * 100_000
         with DatasetRecorder(output / kind, fps=cfg.fps) as rec:
             parts = ["medium", "expert"] if kind == "medium_expert" else [kind]
             stats[kind] = {}
