@@ -206,3 +206,27 @@ def test_train_iql_on_the_labeled_foreign_dataset(source, tmp_path):
         for _ in range(5):
             metrics = learner.update(replay.sample_torch(16))
         assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_preference_reward_is_fit_on_the_dataset_then_labels_it(tmp_path):
+    """RL-VLM-F offline: scripted oracle answers from gt.progress, BT ensemble, labeled copy."""
+    from embodied.datasets.generate import GenerateConfig, generate
+    from rewards import make_reward
+
+    generate(GenerateConfig(env="reach", env_kwargs={"pixels": True, "cameras": ["front"], "image_size": 32},
+                            kinds=("scripted",), steps=300, seed=0), tmp_path / "data")
+    cfg = {"name": "rlvlmf", "labeler": "scripted", "oracle_error_rate": 0.0, "ensemble_size": 1, "image_size": 32,
+           "max_epochs": 15, "seed": 0}
+    build = lambda: make_reward("rlvlmf", **{k: v for k, v in cfg.items() if k != "name"})  # noqa: E731
+    with pytest.raises(ValueError, match="preference_pairs"):
+        label_dataset(tmp_path / "data" / "scripted", tmp_path / "out", build, cfg, show_progress=False)
+    assert not (tmp_path / "out.partial").exists()  # refused before anything was written
+    summary = label_dataset(tmp_path / "data" / "scripted", tmp_path / "out", build, cfg, show_progress=False,
+                            preference_pairs=300)
+    assert summary["preferences"]["kept"] > 200
+    from scipy.stats import spearmanr
+
+    eps = list(iter_episodes(open_dataset(tmp_path / "out"), cameras=[]))
+    learned = np.concatenate([e.columns["next.reward"] for e in eps])
+    true = np.concatenate([e.columns["gt.progress"] for e in eps])
+    assert spearmanr(learned, true).statistic > 0.5  # the learned reward tracks true progress

@@ -257,17 +257,16 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
         log.info("%s is already labeled (same input and config): nothing to do", output)
         return summary
     partial = partial_dir(output)
-    (partial / "labels").mkdir(parents=True, exist_ok=True)
-    (partial / "job.json").write_text(json.dumps({"job_id": job_id(job), **job}, indent=2, default=str))
-
     episodes = range(ds.meta.total_episodes)
     todo = [i for i in episodes if not label_file(partial, i).exists()]
     if todo and not isinstance(model, RewardModel):
         model = model()
+    if todo and getattr(model, "trainable", False) and preference_pairs < 1:
+        raise ValueError(f"reward {reward_cfg.get('name')!r} learns from preferences: set preference_pairs > 0")
+    (partial / "labels").mkdir(parents=True, exist_ok=True)
+    (partial / "job.json").write_text(json.dumps({"job_id": job_id(job), **job}, indent=2, default=str))
     preference_metrics = None
     if todo and getattr(model, "trainable", False):
-        if preference_pairs < 1:
-            raise ValueError(f"reward {reward_cfg.get('name')!r} learns from preferences: set preference_pairs > 0")
         preference_metrics = fit_preferences(ds, model, camera, instruction, preference_pairs, preference_seed, partial)
         log.info("preference reward fit: %s", preference_metrics)
     start = time.time()
