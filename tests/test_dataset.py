@@ -51,6 +51,18 @@ def test_record_then_read_roundtrip(tmp_path):
     assert trans[-1].truncated and not trans[-1].terminated
 
 
+def test_interleaved_episodes_from_vectorised_envs(tmp_path):
+    a, b = make_episode(0, T=4), make_episode(1, T=6)
+    with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
+        for i in range(6):  # two envs stepping together; episode 0 ends first
+            if i < 4:
+                rec.add(a[i])
+            rec.add(b[i])
+    eps = list(iter_episodes(open_dataset(tmp_path / "ds"), cameras=[]))
+    assert [len(e) for e in eps] == [4, 6]
+    np.testing.assert_allclose(eps[1].state, np.stack([t.obs["state"] for t in b]))
+
+
 def test_reading_state_only_and_bad_input(tmp_path):
     with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
         rec.add_episode(make_episode(0, T=5))

@@ -197,7 +197,7 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
         medium_at = cfg.sac.medium_at
 
         def record(t: Transition, step: int) -> None:
-            if step < medium_at or rec._pending:  # finish the episode running at the medium stage
+            if step < medium_at or t.episode_id in rec._open:  # finish the episode running at the medium stage
                 rec.add(t)
 
         stages = train_stages(cfg, cache, on_transition=record)

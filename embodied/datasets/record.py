@@ -57,9 +57,11 @@ class DatasetRecorder:
     """Writes transitions into a new LeRobotDataset at ``root``.
 
     Feed it step by step with :meth:`add` (an episode is saved when a transition is
-    ``done``) or whole episodes with :meth:`add_episode`; call :meth:`close` at the end
-    (or use it as a context manager). The dataset's features are taken from the first
-    transition.
+    ``done``; transitions of several episodes may interleave, as from vectorised envs,
+    since each is buffered by ``episode_id`` until it ends) or whole episodes with
+    :meth:`add_episode`; call :meth:`close` at the end (or use it as a context manager),
+    which also saves episodes still running. Plugs into the training loop's driver as
+    ``driver.on_transition(recorder.add)``. Features come from the first transition.
     """
 
     def __init__(self, root: str | Path, fps: int = 10, task: str | None = None,
@@ -74,7 +76,7 @@ class DatasetRecorder:
         self.cameras = cameras  # None: every camera in the observation
         self.dataset = None
         self.num_episodes = 0
-        self._pending = 0
+        self._open: dict[int, list[Transition]] = {}  # episode_id -> its steps so far
 
     def _create(self, t: Transition) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -94,9 +96,20 @@ class DatasetRecorder:
         return {**obs, "pixels": {c: obs["pixels"][c] for c in self.cameras}}
 
     def add(self, t: Transition) -> None:
-        """Append one step; saves the episode when ``t.done``."""
+        """Append one step; saves its episode when ``t.done``."""
         if self.dataset is None:
             self._create(t)
+        self._open.setdefault(t.episode_id, []).append(t)
+        if t.done:
+            self._write(self._open.pop(t.episode_id))
+
+    def _write(self, steps: list[Transition]) -> None:
+        for t in steps:
+            self._add_frame(t)
+        self.dataset.save_episode()
+        self.num_episodes += 1
+
+    def _add_frame(self, t: Transition) -> None:
         obs = self._select(t.obs)
         task = obs.get("instruction") or self.task
         if not task:
@@ -113,16 +126,11 @@ class DatasetRecorder:
         frame["gt.progress"] = np.array([info.get("progress", np.nan)], np.float32)
         frame["task"] = str(task)
         self.dataset.add_frame(frame)
-        self._pending += 1
-        if t.done:
-            self.end_episode()
 
     def end_episode(self) -> None:
-        """Save the steps added since the last episode (no-op when there are none)."""
-        if self._pending:
-            self.dataset.save_episode()
-            self.num_episodes += 1
-            self._pending = 0
+        """Save every episode still open (its last row is then not marked done)."""
+        for episode_id in list(self._open):
+            self._write(self._open.pop(episode_id))
 
     def add_episode(self, transitions: Iterable[Transition]) -> None:
         for t in transitions:
