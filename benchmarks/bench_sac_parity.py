@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 seeds x 2000 steps")
     parser.add_argument("--env", default="InvertedPendulum-v5")
-    parser.add_argument("--steps", type=int, default=None, help="env steps per run (default 10000, quick 2000)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps per run (default 6000, quick 2000)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
     args = parser.parse_args(argv)
-    steps = args.steps or (2000 if args.quick else 10_000)
+    steps = args.steps or (2000 if args.quick else 6000)
     starts = min(1000, steps // 4)
     torch.set_num_threads(1)
     scores: dict[str, list[float]] = {"ours": [], "stable-baselines3": []}

@@ -202,7 +202,8 @@ class SAC(Learner):
         metrics = {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
         return loss, metrics, features.detach()
 
-    def actor_loss(self, obs: Mapping[str, Any], features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def actor_loss(self, obs: Mapping[str, Any],
+                   features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """E[alpha * log pi(a|s) - mean_i Q_i(s, a)]; moves the actor only. Returns (loss, log pi).
 
         ``features``: the critic encoder's (detached) features of ``obs``, when already computed.
@@ -266,7 +267,8 @@ class SAC(Learner):
 
     def state_dict(self) -> dict[str, Any]:
         return {"actor": self.actor.state_dict(), "encoder": self.encoder.state_dict(),
-                "critic": self.critic.state_dict(), "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "critic": self.critic.state_dict(), "target": self.target.state_dict(),
+                "log_alpha": self.log_alpha.detach().clone(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "alpha_opt": self.alpha_opt.state_dict(), "rng": self.gen.get_state(),
                 "counters": {"updates": self.updates, "critic_updates": self.critic_updates}}
