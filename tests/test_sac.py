@@ -170,6 +170,17 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path, pixels):
     assert b.critic_updates == 12 and b.actor_opt.state_dict()["state"][0]["step"].item() == 6
 
 
+def test_same_seed_same_weights_and_caller_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = make(seed=4)
+    assert torch.equal(torch.rand(3), expected)
+    b, c = make(seed=4), make(seed=5)
+    assert torch.equal(a.actor.net[0].weight, b.actor.net[0].weight)
+    assert not torch.equal(a.actor.net[0].weight, c.actor.net[0].weight)
+
+
 def test_bad_config_errors():
     with pytest.raises(ValueError, match="num_min"):
         make(num_critics=2, num_min=3)

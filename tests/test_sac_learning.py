@@ -26,6 +26,7 @@ def evaluate(env, policy, episodes=3):
 @pytest.mark.slow
 def test_sac_learns_pendulum():
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # exploration noise of policy.act
     steps, warmup = 5000, 500
     env = gym.make("Pendulum-v1")  # actions in [-2, 2]: the policy's [-1, 1] is scaled by 2
     space = gym.spaces.Dict({"state": env.observation_space})

@@ -158,15 +158,16 @@ class SAC(Learner):
         self.action_dim = int(action_space.shape[0])
         self.device = torch.device(cfg.device)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)  # initial weights
-        self.actor = GaussianActor(self.action_dim, state_dim, cams, cfg.hidden, cfg.feature_dim,
-                                   cfg.channels).to(self.device)
-        self.encoder = self.actor.encoder  # the critic's encoder
-        if cfg.encoder == "separate":
-            self.encoder = ObsEncoder(state_dim, cams, cfg.feature_dim, cfg.channels).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, caller's RNG untouched
+            torch.manual_seed(cfg.seed)
+            self.actor = GaussianActor(self.action_dim, state_dim, cams, cfg.hidden, cfg.feature_dim,
+                                       cfg.channels).to(self.device)
+            self.encoder = self.actor.encoder  # the critic's encoder
+            if cfg.encoder == "separate":
+                self.encoder = ObsEncoder(state_dim, cams, cfg.feature_dim, cfg.channels).to(self.device)
+            self.critic = Critic(self.encoder.out_dim, self.action_dim, cfg).to(self.device)
         self.train_encoder = bool(cams) and cfg.encoder != "frozen"
         self.encoder.requires_grad_(self.train_encoder)
-        self.critic = Critic(self.encoder.out_dim, self.action_dim, cfg).to(self.device)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.target_entropy = -float(self.action_dim) if cfg.target_entropy is None else cfg.target_entropy
