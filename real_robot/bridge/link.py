@@ -128,14 +128,15 @@ class ActorLink:
                     self.sock.send(schema.encode("heartbeat", {"time": time.time(), "stats": _plain(stats)}))
                     last_beat = now
                 self._resend(now)
-                self._receive(timeout_ms=5)
+                self._receive(timeout_ms=0 if not self._queue.empty() else 5)
             except Exception as exc:  # the link must outlive any single bad event
                 log.exception("actor link error: %s", exc)
                 time.sleep(0.1)
 
-    def _spool_new(self) -> None:
+    def _spool_new(self, limit: int = 8) -> None:
+        """Spool and send up to ``limit`` new batches (small groups keep the pipe to the learner busy)."""
         fresh = []
-        while True:
+        while len(fresh) < limit:
             try:
                 batch = self._queue.get_nowait()
             except queue.Empty:
