@@ -1,7 +1,8 @@
 """The VLM-feedback offline pipeline end to end, as the documented commands run it:
 
 1. ``embodied-make-dataset env=reach env.pixels=true env.cameras=[front] env.image_size=64
-   kinds=[scripted]``: an unlabeled, suboptimal dataset (noisy controller, ~45 % success)
+   kinds=[scripted] scripted_noise=1.0 scripted_distracted=0.5``: an unlabeled, suboptimal
+   dataset (a noisy controller; half the episodes steer to a random wrong spot; ~35 % success)
 2. ``embodied-label reward=rlvlmf_oracle preference_pairs=P``: RL-VLM-F preference labels on
    frame pairs from the scripted labeler (true progress, 10 % flipped labels), a
    Bradley-Terry CNN ensemble fit on them, every frame relabeled -> labeled dataset
@@ -73,12 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--work", default=str(ROOT / "outputs" / "pipeline_offline_vlmf"))
     args = parser.parse_args(argv)
-    steps, pairs, updates, episodes = (2000, 600, 1000, 10) if args.quick else (10000, 2000, 5000, 20)
+    steps, pairs, updates, episodes = (2000, 600, 600, 10) if args.quick else (10000, 2000, 5000, 20)
     work = Path(args.work) / ("quick" if args.quick else "full")
     data, labeled = work / "data", work / "labeled"
     if not (data / "scripted").exists():
         run(command("embodied.cli.make_dataset", "env=reach", "env.pixels=true", "env.cameras=[front]",
-                    "env.image_size=64", "kinds=[scripted]", f"steps={steps}", f"output={data}"))
+                    "env.image_size=64", "kinds=[scripted]", "scripted_noise=1.0", "scripted_distracted=0.5",
+                    f"steps={steps}", f"output={data}"))
     label = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}", "reward=rlvlmf_oracle",
                         "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}"))
     behaviour = json.loads((data / "generation.json").read_text())["stats"]["scripted"]["scripted"]

@@ -26,7 +26,8 @@ def run(cfg) -> dict:
     name = env_kwargs.pop("name")
     sac = OmegaConf.to_container(cfg.sac, resolve=True)
     gen = GenerateConfig(env=name, env_kwargs=env_kwargs, kinds=tuple(cfg.kinds), steps=int(cfg.steps),
-                         seed=int(cfg.seed), fps=int(cfg.fps), scripted_noise=float(cfg.scripted_noise), sac=SACStages(**{**sac, "hidden": tuple(sac["hidden"])}))
+                         seed=int(cfg.seed), fps=int(cfg.fps), scripted_noise=float(cfg.scripted_noise),
+                         scripted_distracted=float(cfg.scripted_distracted), sac=SACStages(**{**sac, "hidden": tuple(sac["hidden"])}))
     stats = generate(gen, cfg.output)
     print(json.dumps({"output": str(cfg.output), **stats}))
     return stats

@@ -10,7 +10,9 @@ and ``expert`` (after ``total_steps``). Datasets, each a LeRobotDataset written 
 ``expert``         the expert actor, stochastic
 ``medium_replay``  every episode the SAC agent collected until the medium stage
 ``medium_expert``  medium and expert episodes, ``steps`` of each
-``scripted``       (``reach`` only, no SAC) a noisy proportional controller, ``scripted_noise``
+``scripted``       (``reach`` only, no SAC) a noisy proportional controller (``scripted_noise``);
+                   a ``scripted_distracted`` share of episodes heads for a random wrong spot
+                   instead, so cloning the average action fails where offline RL need not
 
 Everything follows from the seed: the same config gives the same datasets. Trained
 actors are cached under ``<output>/_policies/<hash of the training config>/``, so
@@ -68,6 +70,8 @@ class GenerateConfig:
     """Frame rate written into the datasets' metadata."""
     scripted_noise: float = 1.5
     """Action noise std of the ``scripted`` reach controller (1.5: about 45 % success)."""
+    scripted_distracted: float = 0.0
+    """Share of ``scripted`` episodes that head for a random wrong spot."""
     sac: SACStages = field(default_factory=SACStages)
 
 
@@ -161,6 +165,8 @@ def rollout(env, act: Callable[[dict], np.ndarray], steps: int, recorder: Datase
     bar = tqdm(total=steps, desc=desc, unit="step")
     while n < steps:
         obs, _ = env.reset(seed=seed + ep)
+        if hasattr(act, "reset"):
+            act.reset()
         ret, k, done, info = 0.0, 0, False, {}
         while not done:
             action = act(obs)
@@ -214,7 +220,7 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
         if name == "random":
             return lambda obs: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
         if name == "scripted":
-            return scripted_reach(cfg.scripted_noise, rng)
+            return scripted_reach(cfg.scripted_noise, rng, distracted=cfg.scripted_distracted)
         if name not in actors:
             actors[name] = load_actor(stages[name])
         return lambda obs: actors[name].act({"state": obs["state"][None]})[0]
@@ -243,13 +249,22 @@ def normalized_score(ret: float, random_ret: float, expert_ret: float) -> float:
 
 
 
-def scripted_reach(noise: float, rng: np.random.Generator, gain: float = 10.0) -> Callable[[dict], np.ndarray]:
+class scripted_reach:  # noqa: N801 - used like a function that builds a policy
     """A suboptimal behaviour policy for the built-in ``reach`` task: a proportional
     controller toward the target (state[6:8] = target - gripper) plus Gaussian noise.
-    noise 0: near-perfect; 1.0: about 40 % success; large: close to random."""
+    noise 0: near-perfect; 1.0: about 40 % success; large: close to random. With
+    ``distracted > 0`` that share of episodes (drawn at :meth:`reset`) steers to a random
+    wrong spot instead, which the state does not reveal."""
 
-    def act(obs: dict) -> np.ndarray:
-        a = gain * np.asarray(obs["state"][6:8], np.float32) + noise * rng.normal(size=2)
+    def __init__(self, noise: float, rng: np.random.Generator, gain: float = 10.0, distracted: float = 0.0):
+        self.noise, self.rng, self.gain, self.distracted = noise, rng, gain, distracted
+        self.wrong: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.wrong = self.rng.uniform(-0.25, 0.25, 2) if self.rng.random() < self.distracted else None
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        s = np.asarray(obs["state"], np.float32)
+        error = s[6:8] if self.wrong is None else self.wrong - s[0:2]
+        a = self.gain * error + self.noise * self.rng.normal(size=2)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
-
-    return act
