@@ -219,7 +219,8 @@ def test_fuzzing_every_socket_crashes_nothing_and_executes_nothing(tmp_path, pro
     fake = transport.LearnerSocket(f"tcp://127.0.0.1:{fake_port}", str(curve / "learner.key_secret"),
                                    str(curve / "allowed"))
     try:
-        a1 = procs.start("embodied-actor", "actor1", *actor_args(tmp_path, fake_port, "actor1", 0, "loop.hz=20", wait=1))
+        a1 = procs.start("embodied-actor", "actor1",
+                         *actor_args(tmp_path, fake_port, "actor1", 0, "loop.hz=20", wait=1))
         peer, _, _ = wait_for(lambda: fake.recv(200), 120, "actor hello", a1)
         weights = schema.encode("weights", {"version": 5, "spec": {"kind": "gaussian_actor", "action_dim": 2}},
                                 {"net.0.weight": np.zeros((3, 3), np.float32)})
@@ -250,7 +251,8 @@ def test_sim_robot_actor_and_learner_learn_reach(tmp_path, procs, curve):
     reach task reaches >= 0.8 over 10 evaluation episodes within 5000 robot steps
     (measured: 0.9-1.0 after ~3500 steps at 40 Hz)."""
     port = transport.free_port()
-    learner = procs.start("embodied-learner", "learner", *learner_args(tmp_path, port, "train.publish_every=25", starts=500, ckpt=600))
+    learner = procs.start("embodied-learner", "learner",
+                          *learner_args(tmp_path, port, "train.publish_every=25", starts=500, ckpt=600))
     actor = procs.start("embodied-actor", "actor0",
                         *actor_args(tmp_path, port, "actor0", 5000, "loop.hz=50", "loop.eval_every=3"))
     path = tmp_path / "actor0" / "actor_stats.json"
