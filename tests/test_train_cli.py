@@ -94,10 +94,11 @@ def test_killed_run_resumes_from_checkpoint_with_its_replay(tmp_path):
     ("reward=nonexistent", "reward"),
     ("learner.not_a_key=3", "not_a_key"),
     ("train.total_steps==5", "train.total_steps"),
-    ("env.cameras=[nope]", "nope"),
+    ("env=reach_pixels env.cameras=[nope]", "nope"),
+    ("seed=abc", "seed"),
 ])
 def test_bad_input_is_a_clear_short_error(tmp_path, override, expected):
-    proc = run_train([override, "wandb.mode=disabled"], tmp_path / "run", timeout=120, check=False)
+    proc = run_train([*override.split(), "wandb.mode=disabled"], tmp_path / "run", timeout=120, check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert expected in proc.stderr

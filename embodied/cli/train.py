@@ -28,6 +28,8 @@ def train(cfg: DictConfig) -> dict:
     from embodied.logging import Logger
     from embodied.loop import Trainer
 
+    if not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     torch.set_num_threads(int(cfg.train.threads))
     run_dir = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
     found = checkpoint.latest(f"{run_dir}/checkpoints")
