@@ -38,7 +38,7 @@ def evaluate(env, act, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def run_ours(env_id: str, steps: int, starts: int, seed: int, episodes: int) -> float:
+def run_ours(env_id: str, steps: int, starts: int, seed: int, episodes: int, layer_norm: bool = True) -> float:
     """A minimal loop: one env, uniform random actions for ``starts`` steps, then one
     update per step on a batch sampled from the replay."""
     import gymnasium as gym
@@ -51,7 +51,7 @@ def run_ours(env_id: str, steps: int, starts: int, seed: int, episodes: int) -> 
     scale = env.action_space.high  # our actions live in [-1, 1]
     space = gym.spaces.Dict({"state": env.observation_space})
     act_space = gym.spaces.Box(-1, 1, env.action_space.shape, np.float32)
-    sac = SAC(space, act_space, SACConfig(seed=seed))
+    sac = SAC(space, act_space, SACConfig(seed=seed, layer_norm=layer_norm))
     replay = Replay(steps, space, act_space, seed=seed)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default 6000, quick 2000)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per run")
+    parser.add_argument("--no-layer-norm", action="store_true", help="our critics without LayerNorm (SB3's architecture)")
     args = parser.parse_args(argv)
     steps = args.steps or (2000 if args.quick else 6000)
     starts = min(1000, steps // 4)
@@ -112,18 +113,20 @@ def main(argv: list[str] | None = None) -> dict:
         for name, run in (("ours", run_ours), ("stable-baselines3", run_sb3)):
             torch.manual_seed(seed)
             start = time.perf_counter()
-            scores[name].append(run(args.env, steps, starts, seed, args.episodes))
+            kw = {"layer_norm": not args.no_layer_norm} if name == "ours" else {}
+            scores[name].append(run(args.env, steps, starts, seed, args.episodes, **kw))
             seconds[name] += time.perf_counter() - start
             print(f"{name} seed {seed}: return {scores[name][-1]:.1f}", flush=True)
     stats = {k: iqm_ci(np.array(v)) for k, v in scores.items()}
     ratio = stats["ours"][0] / stats["stable-baselines3"][0] if stats["stable-baselines3"][0] else float("nan")
-    result = {"env": args.env, "steps": steps, "learning_starts": starts, "seeds": args.seeds,
+    result = {"env": args.env, "steps": steps, "ours_layer_norm": not args.no_layer_norm, "learning_starts": starts, "seeds": args.seeds,
               "scores": scores, "iqm_ci95": stats, "iqm_ratio": ratio, "seconds": seconds}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sac_parity.json").write_text(json.dumps(result, indent=2))
     lines = ["## SAC learning parity (`bench_sac_parity`)", "",
              f"{args.env}, {steps} env steps ({starts} random), {args.seeds} seeds, final return of "
-             f"{args.episodes} deterministic episodes; IQM with 95 % stratified-bootstrap CI (rliable).", "",
+             f"{args.episodes} deterministic episodes; IQM with 95 % stratified-bootstrap CI (rliable); "
+             f"our critics {'without' if args.no_layer_norm else 'with'} LayerNorm.", "",
              "| learner | IQM return | 95 % CI | per-seed returns | wall s (all seeds) |", "|---|---:|---|---|---:|"]
     for name, (point, lo, hi) in stats.items():
         runs = ", ".join(f"{s:.0f}" for s in scores[name])
