@@ -142,7 +142,9 @@ class RewardLabeler:
             except Exception as exc:  # a crashed query must not kill the run
                 labels = EpisodeLabels.failed(len(slots), f"{type(exc).__name__}: {exc}")
             if labels.ok and len(labels.rewards) == len(slots):
-                self.replay.set_rewards(np.asarray(slots), np.asarray(labels.rewards, np.float32) * self.scale)
+                # episode_id: a slot overwritten by a newer episode meanwhile is skipped
+                self.replay.set_rewards(np.asarray(slots), np.asarray(labels.rewards, np.float32) * self.scale,
+                                        episode_id=eid)
                 self.stats["labeled_episodes"] += 1
             else:
                 self.stats["failed_episodes"] += 1
