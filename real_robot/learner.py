@@ -236,10 +236,11 @@ class LearnerServer:
                 self.dedup.mark(name, seq)
             acks.setdefault(peer, []).append(seq)
         elif msg.type == "hello":
-            log.info("actor %s connected (session %s)", name, str(msg.fields["session"])[:8])
+            if info.get("session") != msg.fields["session"]:  # a new actor process: it has no weights
+                log.info("actor %s connected (session %s)", name, str(msg.fields["session"])[:8])
+                info["session"], info["sent_version"], info["has"] = msg.fields["session"], -1, -1
             self.sock.send(peer, schema.encode("welcome", {"session": self.session,
                                                           "version": self.counters["weights_version"]}))
-            info["sent_version"] = -1
             self._send_weights(peer, info, force=True)
         elif msg.type == "heartbeat":
             has = msg.fields["stats"].get("weights_version", -1)

@@ -119,7 +119,9 @@ class ActorLink:
             try:
                 self._spool_new()
                 now = time.monotonic()
-                if not self.connected and now - last_hello > 1.0:
+                # hello: every second while the learner is silent, every 5 s anyway (a learner that
+                # restarted faster than learner_timeout answers with a new session)
+                if now - last_hello > (5.0 if self.connected else 1.0):
                     self.sock.send(schema.encode("hello", {"actor": self.actor_id, "session": self.session}))
                     last_hello = now
                 if now - last_beat > self.heartbeat:
@@ -192,9 +194,10 @@ class ActorLink:
                 self._acked(s)
         elif msg.type == "welcome":
             if msg.fields["session"] != self.learner_session:
-                if self.learner_session is not None:  # the learner restarted: resend everything now
-                    for item in self.pending.values():
+                if self.learner_session is not None:  # the learner restarted: resend everything now,
+                    for item in self.pending.values():  # and take its weights whatever their version
                         item["sent"] = 0.0
+                    self.weights_version = -1
                 self.learner_session = msg.fields["session"]
         elif msg.type == "weights":
             if msg.fields["version"] > self.weights_version and (
