@@ -191,14 +191,13 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, case, source):
 
 
 def test_train_iql_on_the_labeled_foreign_dataset(source, tmp_path):
+    from gymnasium import spaces
+
     from embodied.learners.iql import IQL, IQLConfig
 
     label_dataset(source, tmp_path / "out", tiny_clip(), TINY, show_progress=False)
     for cameras in ([], None):  # state only, then state + pixels
         replay = load_replay(tmp_path / "out", cameras=cameras)
-        obs_space = {"state": None}
-        from gymnasium import spaces
-
         obs_space = spaces.Dict({"state": spaces.Box(-np.inf, np.inf, (4,), np.float32),
                                  **({"pixels": spaces.Dict({"top": spaces.Box(0, 255, (32, 32, 3), np.uint8)})}
                                     if cameras is None else {})})
