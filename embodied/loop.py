@@ -90,10 +90,18 @@ class Trainer:
         lcfg.setdefault("device", cfg.device)
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
         self.sample_rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
+        if self.offline is not None and hasattr(self.learner, "fit_normalizer"):
+            self.learner.fit_normalizer(self.offline.obs["state"][:len(self.offline)])
         self.labeler = RewardLabeler(self.online, self.reward_model, camera=camera, **(labeler_kw if self.reward_model else {}))
         self.driver = Driver(self.venv)
         self.driver.on_transition(self.labeler.add)
         self.driver.on_episode(self._on_episode)
+        self.recorder = None
+        if cfg.train.get("record_dataset"):
+            from embodied.datasets import DatasetRecorder
+
+            self.recorder = DatasetRecorder(cfg.train.record_dataset, fps=int(cfg.train.get("record_fps", 10)))
+            self.driver.on_transition(lambda t, i: self.recorder.add(t))
         self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
         self._recent: list[dict[str, Any]] = []
 
@@ -118,6 +126,8 @@ class Trainer:
         self.driver = Driver(self.venv, episode_offset=int(state["next_episode"]))
         self.driver.on_transition(self.labeler.add)
         self.driver.on_episode(self._on_episode)
+        if self.recorder is not None:
+            self.driver.on_transition(lambda t, i: self.recorder.add(t))
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -223,6 +233,8 @@ class Trainer:
         return result
 
     def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
         self.venv.close()
         self.eval_env.close()
 

@@ -135,3 +135,17 @@ def test_every_reward_module_runs_inside_training(tmp_path, reward):
     assert all(r.get("reward/failed_episodes", 0) == 0 for r in rows)
     if reward.startswith("rlvlmf"):
         assert any(r.get("reward/trained") or r.get("reward/dataset", 0) > 0 for r in rows), rows
+
+
+def test_training_episodes_are_recorded_as_a_lerobot_dataset(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    args = [a for a in TINY if not a.startswith(("train.total_steps", "eval"))]
+    run_train(args + ["train.total_steps=100", "eval.every=0", "eval.episodes=1", "eval.video_episodes=0",
+                      "env=reach_pixels", "env.image_size=32", "env.cameras=[front]",
+                      f"train.record_dataset={data}", "wandb.mode=disabled"], run)
+    ds = LeRobotDataset(repo_id="local/run", root=data)
+    assert ds.num_episodes == 2 and ds.num_frames == 100  # reach episodes are 50 steps
+    frame = ds[0]
+    assert "observation.images.front" in frame and "gt.progress" in frame and "action" in frame
