@@ -8,7 +8,8 @@ learner side in its own process, all on loopback, same run):
   (decrypt, schema check, durable log fsync, dedup, replay add, ack). Timed until the
   actor holds an ack for every batch.
 * **ours, plaintext loopback** -- the same with ``insecure_loopback=true``.
-* **raw ZMQ ceiling** -- PUSH/PULL of the same pre-encoded frames, nothing else.
+* **raw ZMQ ceiling** -- PUSH/PULL of the same pre-encoded frames, nothing else; and the
+  same with CURVE on (the ceiling of any encrypted path: no spool, log, replay or acks).
 * **LeRobot gRPC** -- LeRobot 0.6's own path: transitions as LeRobot builds them (float32
   CHW images in ``state`` and ``next_state``), ``transitions_to_bytes`` (torch.save),
   ``send_bytes_in_chunks`` over its ``LearnerService.SendTransitions`` stream into its
@@ -129,10 +130,13 @@ def bench_ours(n: int, keys_dir: str | None, fsync: str = "batch") -> dict:
             "wire_bytes_per_transition": wire / BATCH}
 
 
-def _raw_sink(port: int, n_msgs: int, ready, done) -> None:
+def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, bytes] | None = None) -> None:
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.PULL)
+    if server_keys:
+        sock.curve_publickey, sock.curve_secretkey = server_keys
+        sock.curve_server = True
     sock.bind(f"tcp://127.0.0.1:{port}")
     ready.set()
     for _ in range(n_msgs):
@@ -140,7 +144,7 @@ def _raw_sink(port: int, n_msgs: int, ready, done) -> None:
     done.set()
 
 
-def bench_raw_zmq(n: int) -> dict:
+def bench_raw_zmq(n: int, curve: bool = False) -> dict:
     import zmq
 
     from real_robot.bridge import schema
@@ -152,10 +156,14 @@ def bench_raw_zmq(n: int) -> dict:
     ctx = mp.get_context("spawn")
     port = free_port()
     ready, done = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_raw_sink, args=(port, msgs + 1, ready, done))
+    server = zmq.curve_keypair() if curve else None
+    proc = ctx.Process(target=_raw_sink, args=(port, msgs + 1, ready, done, server))
     proc.start()
     ready.wait(120)
     sock = zmq.Context.instance().socket(zmq.PUSH)
+    if curve:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server[0]
     sock.connect(f"tcp://127.0.0.1:{port}")
     sock.send_multipart(frames)
     time.sleep(0.2)
@@ -307,6 +315,19 @@ def bench_jitter(hz: float, steps: int) -> dict:
                                   "overruns")}
 
 
+def _previous(path: Path) -> list[str]:
+    """The transport figures of the run this one replaces (for a before/after line)."""
+    try:
+        p = json.loads(path.read_text())
+        rates = [p[k]["transitions_per_s"] for k in ("lerobot_grpc", "ours_curve", "ours_curve_fsync_interval",
+                                                      "ours_plaintext")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    le, cu, ci, pl = rates
+    return ["", f"Previous run: LeRobot {le:.0f}; CURVE fsync per batch {cu:.0f} ({cu / le:.1f}x); CURVE fsync "
+                f"once a second {ci:.0f} ({ci / le:.1f}x); plaintext {pl:.0f} ({pl / le:.1f}x) transitions/s."]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -332,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"ours CURVE, fsync every second: {curve_interval}", flush=True)
         plain = bench_ours(n, None)
         raw = bench_raw_zmq(n)
-        print(f"ours plaintext: {plain}, raw ZMQ: {raw}", flush=True)
+        raw_curve = bench_raw_zmq(n, curve=True)
+        print(f"ours plaintext: {plain}, raw ZMQ: {raw}, raw ZMQ CURVE: {raw_curve}", flush=True)
         reps = 2 if args.quick else 5
         b1, params = bench_broadcast(1, kdir, reps)
         b4, _ = bench_broadcast(4, kdir, reps)
@@ -341,14 +363,18 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "setup": f"{BATCH} transitions/message, two {IMG}x{IMG} cameras + {STATE}-d state, loopback",
         "lerobot_grpc": lerobot, "ours_curve": curve, "ours_curve_fsync_interval": curve_interval, "ours_plaintext": plain, "raw_zmq": raw,
+        "raw_zmq_curve": raw_curve,
         "ratio_curve_vs_lerobot": curve["transitions_per_s"] / lerobot["transitions_per_s"],
         "ratio_curve_fsync_interval_vs_lerobot": curve_interval["transitions_per_s"] / lerobot["transitions_per_s"],
         "plaintext_fraction_of_raw_zmq": plain["transitions_per_s"] / raw["transitions_per_s"],
+        "curve_fraction_of_raw_curve": curve["transitions_per_s"] / raw_curve["transitions_per_s"],
+        "raw_curve_vs_lerobot": raw_curve["transitions_per_s"] / lerobot["transitions_per_s"],
         "target_ratio": TARGET,
         "broadcast_params": params, "broadcast_s_1_actor": b1, "broadcast_s_4_actors": b4,
         "jitter": jitter, "quick": args.quick,
     }
     RESULTS.mkdir(exist_ok=True)
+    before = _previous(RESULTS / "bridge.json")
     (RESULTS / "bridge.json").write_text(json.dumps(result, indent=2))
     rows = [
         "## Bridge: actor -> learner transport, weight broadcast, control-loop jitter",
@@ -365,10 +391,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{curve_interval['MB_per_s']:.1f} | |",
         f"| ours, plaintext loopback (fsync per batch) | {plain['transitions_per_s']:.0f} | {plain['MB_per_s']:.1f} | |",
         f"| raw ZMQ PUSH/PULL ceiling | {raw['transitions_per_s']:.0f} | {raw['MB_per_s']:.1f} | |",
+        f"| raw ZMQ PUSH/PULL with CURVE (encryption ceiling) | {raw_curve['transitions_per_s']:.0f} | "
+        f"{raw_curve['MB_per_s']:.1f} | |",
         "",
         f"**ours (CURVE) / LeRobot: {result['ratio_curve_vs_lerobot']:.1f}x** (fsync once a second: "
         f"{result['ratio_curve_fsync_interval_vs_lerobot']:.1f}x; target >= {TARGET:.0f}x); "
-        f"plaintext = {100 * result['plaintext_fraction_of_raw_zmq']:.0f} % of the raw ZMQ ceiling.",
+        f"plaintext = {100 * result['plaintext_fraction_of_raw_zmq']:.0f} % of the raw ZMQ ceiling; "
+        f"CURVE = {100 * result['curve_fraction_of_raw_curve']:.0f} % of the raw CURVE ceiling, which itself is "
+        f"{result['raw_curve_vs_lerobot']:.1f}x LeRobot.",
+        *before,
         "",
         f"Weight broadcast of a {params / 1e6:.1f} M-parameter policy (CURVE, rebuild + load on each actor): "
         f"1 actor {b1 * 1e3:.0f} ms, 4 actors {b4 * 1e3:.0f} ms (median).",

@@ -216,7 +216,7 @@ class LearnerServer:
                 break
             item = self.sock.recv(0)
         if acks:
-            self.log.sync()  # durable first, then ack
+            self.log.sync(force=False)  # durable (per log_fsync) first, then ack
             for peer, seqs in acks.items():
                 self.sock.send(peer, schema.encode("ack", {"seqs": seqs}))
         return handled

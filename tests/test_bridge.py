@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import msgpack
 import numpy as np
@@ -198,3 +199,30 @@ def test_curve_allow_list_authenticates_and_rejects(tmp_path, caplog):
         good.close()
         bad.close()
         server.close()
+
+
+def test_spool_interval_policy_fsyncs_in_the_background_at_most_once_an_interval(tmp_path, monkeypatch):
+    from real_robot.bridge import spool as spool_mod
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: (calls.append(threading.current_thread().name),
+                                                           real_fsync(fd))[1])
+    sp = Spool(tmp_path / "a", fsync="interval", interval=3600)
+    for i in range(5):
+        sp.append([b"r%d" % i])  # not due: in the page cache only, readable at once
+    assert calls == [] and [f for _, _, f in sp.records()] == [[b"r%d" % i] for i in range(5)]
+    sp.close()  # close makes everything durable, in the caller's thread
+    assert calls == ["MainThread"]
+
+    calls.clear()
+    sp = Spool(tmp_path / "b", fsync="interval", interval=0.0)
+    sp.append([b"x"])
+    sp._wait_background()
+    assert calls == ["spool-fsync"]  # due: fsync ran off the caller's thread
+    sp.close()
+    sp = Spool(tmp_path / "c", fsync="batch")
+    calls.clear()
+    sp.append([b"y"])
+    assert calls == ["MainThread"]  # batch: fsync before append returns
+    sp.close()

@@ -13,9 +13,10 @@ cleanly. Nothing is unpickled: frames come back as bytes and go through the sche
 fsync policy (``fsync=``):
     ``"batch"``    fsync after every :meth:`Spool.append` (or once per group with
                    ``sync=False`` + :meth:`Spool.sync`): a record survives power loss;
-    ``"interval"`` fsync at most every ``interval`` seconds: a record survives a process
-                   crash or SIGKILL (it is in the OS page cache once ``append`` returns)
-                   and at most ``interval`` seconds are lost to a power cut;
+    ``"interval"`` fsync at most every ``interval`` seconds, in a background thread: a
+                   record survives a process crash or SIGKILL as soon as ``sync`` returns
+                   (it is in the OS page cache), and a power cut loses at most the last
+                   ``interval`` seconds plus one fsync's duration;
     ``"never"``    leave it to the OS (survives process crashes only).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -64,6 +66,7 @@ class Spool:
             self._file.truncate(good)
             self._file.seek(good)
         self._dirty = False
+        self._bg: threading.Thread | None = None  # the running background fsync ("interval")
 
     def _path(self, seg: int) -> Path:
         return self.folder / f"seg_{seg:08d}.spool"
@@ -101,16 +104,33 @@ class Spool:
         return start
 
     def sync(self, force: bool = True) -> None:
-        """Make appended records durable according to the policy (``force``: fsync now)."""
+        """Make appended records durable according to the policy (``force``: fsync now).
+
+        After any call the records are in the OS page cache (they survive SIGKILL);
+        ``batch`` (or ``force``) fsyncs before returning, ``interval`` starts a background
+        fsync when the last one began ``interval`` seconds ago and has finished.
+        """
         if not self._dirty:
             return
         self._file.flush()
-        now = time.monotonic()
-        if force or self.fsync == "batch" or (self.fsync == "interval" and now - self._last_sync >= self.interval):
-            if self.fsync != "never" or force:
-                os.fsync(self._file.fileno())
-            self._last_sync = now
+        if force or self.fsync == "batch":
+            self._wait_background()
+            os.fsync(self._file.fileno())
+            self._last_sync, self._dirty = time.monotonic(), False
+        elif self.fsync == "interval":
+            now = time.monotonic()
+            if now - self._last_sync >= self.interval and (self._bg is None or not self._bg.is_alive()):
+                fd = os.dup(self._file.fileno())  # the thread owns its fd: a rotate may close ours
+                self._bg = threading.Thread(target=_fsync_close, args=(fd,), name="spool-fsync", daemon=True)
+                self._bg.start()
+                self._last_sync, self._dirty = now, False
+        else:
             self._dirty = False
+
+    def _wait_background(self) -> None:
+        if self._bg is not None:
+            self._bg.join()
+            self._bg = None
 
     def rotate(self) -> None:
         """Start a new segment (older ones become deletable as a whole)."""
@@ -149,7 +169,15 @@ class Spool:
 
     def close(self) -> None:
         self.sync(force=self.fsync != "never")
+        self._wait_background()
         self._file.close()
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_record(f) -> list[bytes] | None:
