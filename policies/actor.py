@@ -70,18 +70,6 @@ class GaussianActor(nn.Module):
     @torch.no_grad()
     def act(self, obs: Mapping[str, Any], deterministic: bool = False) -> np.ndarray:
         """Batch of numpy observations -> (B, A) float32 actions in [-1, 1]."""
-        device = next(self.parameters()).device
-        state = obs.get("state")
-        if state is not None and np.ndim(state) != 2:
-            raise ValueError(f"act takes a batch: obs['state'] must be (B, D), got shape {np.shape(state)}")
-        tensors: dict[str, Any] = {}
-        if self.encoder.state_dim:
-            tensors["state"] = torch.as_tensor(np.asarray(state, np.float32), device=device)
-        if self.encoder.cameras:
-            missing = set(self.encoder.cameras) - set(obs.get("pixels", {}))
-            if missing:
-                raise ValueError(f"obs['pixels'] lacks cameras {sorted(missing)} that this policy reads")
-            tensors["pixels"] = {c: torch.as_tensor(np.asarray(obs["pixels"][c]), device=device)
-                                 for c in self.encoder.cameras}
+        tensors = self.encoder.numpy_to_tensors(obs, next(self.parameters()).device)
         action, _ = self(self.encoder(tensors), deterministic=deterministic)
         return action.cpu().numpy().astype(np.float32)

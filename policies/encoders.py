@@ -10,8 +10,9 @@ state through unchanged (state-only SAC).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,6 +73,22 @@ class ObsEncoder(nn.Module):
             flat = sum(t.out_dim for t in self.trunks.values())
             self.project = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
         self.out_dim = (feature_dim if self.cameras else 0) + self.state_dim
+
+    def numpy_to_tensors(self, obs: Mapping[str, Any], device) -> dict[str, Any]:
+        """A numpy observation batch -> the tensors :meth:`forward` reads (what a policy's
+        ``act`` needs); one-line errors for a missing camera or an unbatched state."""
+        tensors: dict[str, Any] = {}
+        if self.state_dim:
+            state = obs.get("state")
+            if state is None or np.ndim(state) != 2:
+                raise ValueError(f"act takes a batch: obs['state'] must be (B, D), got shape {np.shape(state)}")
+            tensors["state"] = torch.as_tensor(np.asarray(state, np.float32), device=device)
+        if self.cameras:
+            missing = set(self.cameras) - set(obs.get("pixels", {}))
+            if missing:
+                raise ValueError(f"obs['pixels'] lacks cameras {sorted(missing)} that this policy reads")
+            tensors["pixels"] = {c: torch.as_tensor(np.asarray(obs["pixels"][c]), device=device) for c in self.cameras}
+        return tensors
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []

@@ -124,16 +124,7 @@ class IQLPolicy(nn.Module):
     @torch.no_grad()
     def act(self, obs: Obs, deterministic: bool = False) -> np.ndarray:
         """Batch of numpy observations -> (B, A) float32 actions in [-1, 1]."""
-        device = self.state_mean.device
-        tensors: dict[str, Any] = {}
-        if self.encoder.state_dim:
-            tensors["state"] = torch.as_tensor(np.asarray(obs["state"], np.float32), device=device)
-        if self.encoder.cameras:
-            missing = set(self.encoder.cameras) - set(obs.get("pixels", {}))
-            if missing:
-                raise ValueError(f"obs['pixels'] lacks cameras {sorted(missing)} that this policy reads")
-            tensors["pixels"] = {c: torch.as_tensor(np.asarray(obs["pixels"][c]), device=device)
-                                 for c in self.encoder.cameras}
+        tensors = self.encoder.numpy_to_tensors(obs, self.state_mean.device)
         mean, std = self.dist_params(self.encoder(self.normalize(tensors)))
         if not (deterministic or std is None):
             mean = mean + std * torch.randn_like(mean)
