@@ -33,6 +33,12 @@ import numpy as np
 from embodied.contracts import EpisodeLabels, RewardModel, Transition
 
 
+def find_oracle(model):
+    from rewards import find_oracle as find
+
+    return find(model)
+
+
 class RewardLabeler:
     def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
                  chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
@@ -54,7 +60,7 @@ class RewardLabeler:
         self._steps = 0
         self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
         self.failed: list[dict[str, Any]] = []
-        self.oracle = _scripted_backend(model) if oracle else None
+        self.oracle = find_oracle(model) if oracle else None
         if oracle and self.oracle is None:
             raise ValueError("reward.oracle=true needs a scripted oracle: reward.backend.kind=scripted "
                              "(GVL, VLAC) or reward.labeler=scripted (RL-VLM-F)")
@@ -175,15 +181,3 @@ class RewardLabeler:
             self.model.load_state_dict(state["model"])
         self.stats.update({k: int(v) for k, v in state.get("stats", {}).items()})
 
-
-def _scripted_backend(model):
-    """The ground-truth oracle inside a reward model, or None: RL-VLM-F's scripted
-    preference labeler, or the scripted VLM (possibly behind the cache)."""
-    from rewards.backends.scripted import ScriptedBackend
-
-    if isinstance(getattr(getattr(model, "oracle", None), "progress", None), dict):
-        return model.oracle
-    backend = getattr(model, "backend", None)
-    while backend is not None and not isinstance(backend, ScriptedBackend):
-        backend = getattr(backend, "backend", None)
-    return backend

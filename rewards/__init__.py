@@ -24,3 +24,17 @@ def make_reward(name: str, **cfg: Any):
         raise ValueError(f"unknown reward {name!r}; choose one of: env, {', '.join(sorted(REGISTRY))}")
     module, factory = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), factory)(**cfg)
+
+
+def find_oracle(model):
+    """The ground-truth oracle inside a reward model, or None: RL-VLM-F's scripted
+    preference labeler, or the scripted VLM (possibly behind the cache). Both keep a
+    ``progress`` table (image hash -> true progress) that tests and demonstrations fill."""
+    from rewards.backends.scripted import ScriptedBackend
+
+    if isinstance(getattr(getattr(model, "oracle", None), "progress", None), dict):
+        return model.oracle
+    backend = getattr(model, "backend", None)
+    while backend is not None and not isinstance(backend, ScriptedBackend):
+        backend = getattr(backend, "backend", None)
+    return backend

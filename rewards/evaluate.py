@@ -1,6 +1,6 @@
 """``embodied-eval-reward``: how well does a reward module track ground truth?
 
-    embodied-eval-reward reward=clip env=push episodes=24
+    embodied-eval-reward reward=clip task=push episodes=24
     embodied-eval-reward reward=clip_tiny episodes=4 max_steps=20     # offline smoke run
     embodied-eval-reward reward=gvl dataset_path=/data/recorded_lerobot_dataset
 
@@ -232,7 +232,7 @@ def run(cfg) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
-    from rewards import make_reward
+    from rewards import find_oracle, make_reward
 
     torch.set_num_threads(1)
     out = Path(cfg.out_dir)
@@ -243,16 +243,38 @@ def run(cfg) -> dict[str, Any]:
         raise ValueError("reward=env has no model to evaluate; choose reward=clip, gvl, vlac or rlvlmf")
     for key in ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries"):
         rkw.pop(key, None)  # training-loop settings, not model arguments
+    use_oracle = bool(rkw.pop("oracle", False))
     model = make_reward(name, **rkw)
     camera = cfg.camera or model.camera
-    if cfg.dataset_path:
-        episodes = load_episodes(cfg.dataset_path, cfg.episodes, camera)
-    else:
-        episodes = collect_episodes(cfg.env, int(cfg.episodes), int(cfg.max_steps), int(cfg.image_size), camera,
-                                    list(cfg.policy_mix), int(cfg.seed))
+    oracle = find_oracle(model) if use_oracle else None
+    if use_oracle and oracle is None:
+        raise ValueError("reward.oracle=true needs a scripted oracle (reward.backend.kind=scripted or reward.labeler=scripted)")
+
+    def gather(seed: int) -> list[dict[str, Any]]:
+        if cfg.dataset_path:
+            eps = load_episodes(cfg.dataset_path, cfg.episodes, camera)
+        else:
+            eps = collect_episodes(cfg.task, int(cfg.episodes), int(cfg.max_steps), int(cfg.image_size), camera,
+                                   list(cfg.policy_mix), seed)
+        for ep in eps if oracle is not None else []:
+            oracle.add_episode(ep["frames"], ep["progress"])  # the oracle answers from the truth
+        return eps
+
+    fit: dict[str, float] = {}
+    if getattr(model, "trainable", False):
+        if cfg.dataset_path:
+            raise ValueError("a trainable reward (rlvlmf) is fitted on collected episodes; evaluate it on an env")
+        # fitted on episodes of their own (another seed), never on the episodes it is scored on
+        train_eps = gather(int(cfg.seed) + 1_000)
+        fit = model.fit_on_episodes([ep["frames"] for ep in train_eps], int(cfg.preference_pairs),
+                                    train_eps[0]["instruction"], seed=int(cfg.seed))
+    episodes = gather(int(cfg.seed))
     metrics, records = evaluate(model, episodes, float(cfg.success_threshold), str(cfg.normalize))
     metrics["reward"] = name
-    metrics["source"] = str(cfg.dataset_path or cfg.env)
+    metrics["oracle"] = use_oracle
+    if fit:
+        metrics["reward_fit"] = fit
+    metrics["source"] = str(cfg.dataset_path or cfg.task)
     (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
     plots = []
     if cfg.plots:

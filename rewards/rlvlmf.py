@@ -354,6 +354,22 @@ class RLVLMFReward(RewardModel):
         return ((r - self.stats[0]) / self.stats[1]).astype(np.float32) if self.normalize else r
 
     # ----------------------------------------------------------------- online rounds
+    def fit_on_episodes(self, episodes: Sequence[np.ndarray], num_pairs: int, instruction: str,
+                        seed: int = 0) -> dict[str, float]:
+        """Offline feedback: label ``num_pairs`` random frame pairs drawn from two different
+        episodes (each a (T, H, W, 3) uint8 array), then fit the ensemble on them."""
+        if len(episodes) < 2:
+            raise ValueError("preference labeling needs at least two episodes")
+        rng = np.random.default_rng(seed)
+        ia, ib = (rng.integers(len(episodes), size=num_pairs) for _ in range(2))
+        ib = np.where(ia == ib, (ib + 1) % len(episodes), ib)
+        frames_a = np.stack([episodes[e][rng.integers(len(episodes[e]))] for e in ia])
+        frames_b = np.stack([episodes[e][rng.integers(len(episodes[e]))] for e in ib])
+        labels = self.label_pairs(frames_a, frames_b, instruction)
+        metrics: dict[str, float] = {**self.add_preferences(frames_a, frames_b, labels), "pairs": num_pairs}
+        metrics.update({k: float(v) for k, v in self.train_reward().items()})
+        return metrics
+
     def sample_pairs(self, replay, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
         """Slot pairs (a, b): frames from two different episodes among the most recent ones
         (two frames of one episode when only one is stored)."""

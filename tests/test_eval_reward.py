@@ -152,3 +152,18 @@ def test_bad_input(tmp_path):
         run(compose_cfg(tmp_path, "reward=env"))
     with pytest.raises(FileNotFoundError, match="meta/info.json"):
         run(compose_cfg(tmp_path, "reward=clip_tiny", f"dataset_path={tmp_path}"))
+
+
+@pytest.mark.parametrize("reward, min_pearson", [("gvl_oracle", 0.95), ("vlac_oracle", 0.9), ("rlvlmf_oracle", 0.0)])
+def test_every_vlm_module_is_evaluated_on_a_builtin_task(tmp_path, reward, min_pearson):
+    """The scripted VLM answers from the simulator's truth through each module's real prompt
+    and parser, so GVL and VLAC must track true progress; RL-VLM-F is first fitted on
+    episodes of another seed and must at least rank progress positively."""
+    extra = ["preference_pairs=200", "reward.max_epochs=10"] if reward.startswith("rlvlmf") else []
+    cfg = compose_cfg(tmp_path, f"reward={reward}", "episodes=8", "max_steps=30", "image_size=32", *extra)
+    metrics = run(cfg)
+    assert metrics["oracle"] is True and metrics["failed_episodes"] == 0
+    assert metrics["progress_corr"]["pearson"] > min_pearson
+    assert list((tmp_path / "plots").glob("*.png"))
+    if reward.startswith("rlvlmf"):
+        assert metrics["reward_fit"]["pairs"] == 200

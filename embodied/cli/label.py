@@ -215,15 +215,8 @@ def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None
     if oracle is not None:
         for ep in episodes:
             oracle.add_episode(ep.frames[camera], np.asarray(ep.columns["gt.progress"]).reshape(-1))
-    rng = np.random.default_rng(seed)
-    ia, ib = (rng.integers(len(episodes), size=pairs) for _ in range(2))
-    ib = np.where(ia == ib, (ib + 1) % len(episodes), ib)
-    frame = lambda e: episodes[e].frames[camera][rng.integers(len(episodes[e]))]  # noqa: E731
-    frames_a = np.stack([frame(e) for e in ia])
-    frames_b = np.stack([frame(e) for e in ib])
-    labels = model.label_pairs(frames_a, frames_b, instruction or episodes[0].task)
-    metrics = {**model.add_preferences(frames_a, frames_b, labels), "pairs": pairs}
-    metrics.update({k: float(v) for k, v in model.train_reward().items()})
+    metrics = model.fit_on_episodes([ep.frames[camera] for ep in episodes], pairs,
+                                    instruction or episodes[0].task, seed=seed)
     checkpoint.save(store, 0, {"model": model.state_dict(), "metrics": metrics})
     return metrics
 
