@@ -221,6 +221,15 @@ def test_spool_interval_policy_fsyncs_in_the_background_at_most_once_an_interval
     sp._wait_background()
     assert calls == ["spool-fsync"]  # due: fsync ran off the caller's thread
     sp.close()
+    sp = Spool(tmp_path / "r", fsync="interval", interval=3600, segment_bytes=64)
+    calls.clear()
+    records = [[os.urandom(100)] for _ in range(3)]
+    for r in records:
+        sp.append(r)  # each append past 64 bytes rotates: the full segment is fsynced off-thread
+    sp._wait_background()
+    assert len(sp.segments()) == 3 and calls == ["spool-fsync"] * 2
+    assert [f for _, _, f in sp.records()] == records
+    sp.close()
     sp = Spool(tmp_path / "c", fsync="batch")
     calls.clear()
     sp.append([b"y"])

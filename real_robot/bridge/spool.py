@@ -133,8 +133,17 @@ class Spool:
             self._bg = None
 
     def rotate(self) -> None:
-        """Start a new segment (older ones become deletable as a whole)."""
-        self.sync(force=True)
+        """Start a new segment (older ones become deletable as a whole); ``interval`` fsyncs
+        the finished segment in the background, the other policies before returning."""
+        if self.fsync == "interval" and self._dirty:
+            self._file.flush()
+            self._wait_background()
+            self._bg = threading.Thread(target=_fsync_close, args=(os.dup(self._file.fileno()),),
+                                        name="spool-fsync", daemon=True)
+            self._bg.start()
+            self._last_sync, self._dirty = time.monotonic(), False
+        else:
+            self.sync(force=True)
         self._file.close()
         self._seg += 1
         self._file = open(self._path(self._seg), "ab")
