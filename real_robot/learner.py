@@ -125,8 +125,6 @@ class LearnerServer:
         self.stopping = False
         self._last_ckpt = self._last_stats = time.monotonic()
         self._restore()
-        for r in (self.online, self.offline):  # after _restore: loading a checkpoint reallocates
-            huge_pages([*r.obs.values(), *r.final.values()])
         b = cfg.bridge
         self.sock = LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
 
@@ -352,30 +350,6 @@ class LearnerServer:
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
-
-
-def huge_pages(arrays: list[np.ndarray]) -> int:
-    """Ask Linux to back large arrays with 2 MB pages (``MADV_HUGEPAGE``); returns bytes advised.
-
-    The replay's frame arrays are allocated zeroed but untouched, so every transition
-    written while the replay fills first touches its pages: with 4 KB pages that costs
-    ~25 page faults per 128x128x3 frame, with transparent huge pages (``madvise`` mode,
-    the common default) one per 2 MB. Contents are unchanged; elsewhere a no-op.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    page, advised = 2 << 20, 0
-    for arr in arrays:
-        start = -(-arr.ctypes.data // page) * page  # the whole 2 MB pages inside the array
-        length = (arr.ctypes.data + arr.nbytes - start) // page * page
-        if length > 0 and libc.madvise(start, length, 14) == 0:  # 14 = MADV_HUGEPAGE
-            advised += length
-    return advised
 
 
 def _who(peer: bytes, user: str | None) -> str:

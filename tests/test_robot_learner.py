@@ -128,14 +128,3 @@ def test_a_batch_that_does_not_match_the_robot_spaces_is_refused(tmp_path):
         assert len(server.online) == 0 and not acks and not list(server.log.records())
     finally:
         server.sock.close()
-
-
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="MADV_HUGEPAGE is Linux-only")
-def test_huge_pages_advises_whole_2mb_pages_inside_each_array_and_keeps_contents():
-    from real_robot.learner import huge_pages
-
-    big = np.arange(9 << 20, dtype=np.uint8)  # 9 MB: at least 7 whole 2 MB pages inside
-    copy = big.copy()
-    advised = huge_pages([big, np.zeros(1000, np.uint8)])  # the small one has no whole page
-    assert advised % (2 << 20) == 0 and 3 * (2 << 20) <= advised <= big.nbytes
-    assert np.array_equal(big, copy)
