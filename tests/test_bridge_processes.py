@@ -140,8 +140,10 @@ def test_two_actors_feed_one_learner_and_an_unlisted_key_is_rejected(tmp_path, p
     learner = procs.start("embodied-learner", "learner", *learner_args(tmp_path, port))
     a0 = procs.start("embodied-actor", "actor0", *actor_args(tmp_path, port, "actor0", 150))
     a1 = procs.start("embodied-actor", "actor1", *actor_args(tmp_path, port, "actor1", 120, "seed=1"))
+    # the intruder lingers 20 s: on a loaded CI machine its CURVE handshake (and the learner's
+    # rejection) can come seconds after its short episode ends
     intruder = procs.start("embodied-actor", "intruder",
-                           *actor_args(tmp_path, port, "intruder", 30, key="intruder", wait=5))
+                           *actor_args(tmp_path, port, "intruder", 30, key="intruder", wait=20))
     assert a0.wait(240) == 0 and a1.wait(240) == 0
     intruder.wait(120)
     learner.send_signal(signal.SIGTERM)
