@@ -105,6 +105,7 @@ class LocalChatServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
+                self._done()
                 self.wfile.write(data)
 
             def do_POST(self):
@@ -115,11 +116,19 @@ class LocalChatServer:
                     fault = server.faults.pop(0) if server.faults else "ok"
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                self._counted = True
                 try:
                     self._answer(body, fault)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout) before the answer
                 finally:
+                    self._done()
+
+            def _done(self):
+                # a request stops being "active" once its answer starts going out: the client
+                # may read it and send its next request before this handler thread returns
+                if getattr(self, "_counted", False):
+                    self._counted = False
                     with server.lock:
                         server.active -= 1
 
