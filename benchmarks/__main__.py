@@ -24,11 +24,25 @@ def available() -> list[str]:
     return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
 
 
+def summarize() -> None:
+    """Collect every results table into benchmarks/results/SUMMARY.md."""
+    summary = ["# Benchmark results", "", "Produced by `make bench` (`python -m benchmarks`); each table below",
+               "is a ratio against a peer measured in the same run on the same machine.", ""]
+    for table in sorted(RESULTS.glob("*.md")):
+        if table.name != "SUMMARY.md":
+            summary += [table.read_text().strip(), ""]
+    (RESULTS / "SUMMARY.md").write_text("\n".join(summary))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(available())}")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--summary", action="store_true", help="only collect the existing tables into SUMMARY.md")
     args = parser.parse_args()
+    if args.summary:
+        summarize()
+        return 0
     names = args.names or available()
     unknown = sorted(set(names) - set(available()))
     if unknown:
@@ -49,14 +63,7 @@ def main() -> int:
             traceback.print_exc()
             failed.append(name)
         print(f"== bench_{name} took {time.time() - t0:.0f} s", flush=True)
-    tables = sorted(RESULTS.glob("*.md"))
-    summary = ["# Benchmark results", "", "Produced by `make bench` (`python -m benchmarks`); each table below",
-               "is a ratio against a peer measured in the same run on the same machine.", ""]
-    for table in tables:
-        if table.name == "SUMMARY.md":
-            continue
-        summary += [table.read_text().strip(), ""]
-    (RESULTS / "SUMMARY.md").write_text("\n".join(summary))
+    summarize()
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
