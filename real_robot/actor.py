@@ -248,7 +248,7 @@ def build_policy(spec: dict, arrays: dict):
     policy = policies.from_spec(spec)
     policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
     if hasattr(policy, "eval"):
-        policy.eval()
+        policy.train(False)
     return policy
 
 

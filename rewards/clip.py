@@ -286,6 +286,6 @@ def _load_model(model_name, pretrained, model_cfg, device, dtype, cache_dir):
             f"could not build CLIP model {model_name!r} with pretrained={pretrained!r}: {e}. "
             "Offline? set reward.pretrained to a local checkpoint file, or use reward=clip_tiny"
         ) from e
-    model.eval().requires_grad_(False)
+    model.train(False).requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(model_name, context_length=model.context_length)
     return model, tokenizer

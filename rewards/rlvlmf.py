@@ -171,7 +171,7 @@ class BTEnsemble(nn.Module):
     @torch.no_grad()
     def predict(self, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Ensemble-mean reward (N,) float32."""
-        self.eval()
+        self.train(False)
         out = [self(frames[i : i + batch_size]).mean(0) for i in range(0, len(frames), batch_size)]
         return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros(0, np.float32)
 
@@ -183,7 +183,7 @@ class BTEnsemble(nn.Module):
         """Mean BT loss and label accuracy over members."""
         if len(y) == 0:
             return float("nan"), float("nan")
-        self.eval()
+        self.train(False)
         target = torch.as_tensor(y, device=self.device)
         losses, accs = [], []
         for m in self.members:

@@ -80,7 +80,7 @@ class HFBackend(VLMBackend):
             hint = "" if trust_remote_code else " If it needs its repository's own code, opt in with backend.trust_remote_code: true."
             raise VLMError(f"transformers cannot load {model!r} as an image-text-to-text model: "
                            f"{str(e).splitlines()[0][:160]}.{hint}") from None
-        self.model.to(device).eval()
+        self.model.to(device).train(False)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
