@@ -78,6 +78,24 @@ def _raw_builtin(pixels: bool, actions: np.ndarray) -> Callable[[int], None]:
     return step
 
 
+def _bare_task(name: str, actions: np.ndarray) -> Callable[[int], None]:
+    """The task class itself, without make_env's wrappers (time limit, seeding)."""
+    from envs import make_env
+
+    env = make_env(name, seed=0).unwrapped
+    env.reset()
+    limit, t = 50, [0]
+
+    def step(i: int) -> None:  # the same episode length as make_env's time limit
+        env.step(actions[i % len(actions)])
+        t[0] += 1
+        if t[0] == limit:
+            env.reset()
+            t[0] = 0
+
+    return step
+
+
 def _raw_gym(env_id: str, pixels: bool, actions: np.ndarray) -> Callable[[int], None]:
     import gymnasium as gym
 
@@ -118,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = {
         "reach (state)": (lambda: _through_make_env("reach", False, actions), lambda: _raw_builtin(False, actions),
                           n_state, "mujoco.mj_step x10"),
+        "reach (state), wrappers only": (lambda: _through_make_env("reach", False, actions),
+                                         lambda: _bare_task("reach", actions), n_state,
+                                         "ReachEnv class, no make_env wrappers"),
         "reach (pixels 84x84)": (lambda: _through_make_env("reach", True, actions),
                                  lambda: _raw_builtin(True, actions), n_pixels, "mj_step x10 + Renderer"),
         "gym/Reacher-v5 (state)": (lambda: _through_make_env("gym/Reacher-v5", False, actions_reacher),
