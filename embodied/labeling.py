@@ -33,12 +33,6 @@ import numpy as np
 from embodied.contracts import EpisodeLabels, RewardModel, Transition
 
 
-def find_oracle(model):
-    from rewards import find_oracle as find
-
-    return find(model)
-
-
 class RewardLabeler:
     def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
                  chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
@@ -60,6 +54,8 @@ class RewardLabeler:
         self._steps = 0
         self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
         self.failed: list[dict[str, Any]] = []
+        if oracle:
+            from rewards import find_oracle  # rewards is imported only when a model is used
         self.oracle = find_oracle(model) if oracle else None
         if oracle and self.oracle is None:
             raise ValueError("reward.oracle=true needs a scripted oracle: reward.backend.kind=scripted "
