@@ -53,6 +53,7 @@ class Logger:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         rows = self.history()
         present = [k for k in keys if any(k in r for r in rows)]
@@ -62,6 +63,7 @@ class Logger:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o" if key.startswith("eval") else None, ms=3, lw=1.2)
             ax.set_xlabel("env steps")
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.set_title(key)
             ax.grid(alpha=0.3)
         fig.tight_layout()
