@@ -30,27 +30,9 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 import numpy as np  # noqa: E402
 
+from envs.builtin.scripted import reach_episodes  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def reach_episodes(num: int, steps: int, seed: int = 0):
-    """(frames, instruction, true progress) of ``reach`` under a proportional controller."""
-    from envs import make_env
-
-    env = make_env("reach", seed=seed, pixels=True, max_episode_steps=steps)
-    episodes = []
-    for _ in range(num):
-        obs, info = env.reset()
-        frames, progress = [obs["pixels"]["front"]], [info["progress"]]
-        for _ in range(steps):
-            obs, _, terminated, truncated, info = env.step(np.clip(0.3 * obs["state"][-2:] / 0.04, -1, 1).astype(np.float32))
-            frames.append(obs["pixels"]["front"])
-            progress.append(info["progress"])
-            if terminated or truncated:
-                break
-        episodes.append((np.stack(frames), obs["instruction"], np.array(progress)))
-    env.close()
-    return episodes
 
 
 def _label(make_model, episodes) -> tuple[float, list]:
@@ -77,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rewards.vlac import VLACReward
 
     num, steps = (4, 50) if args.quick else (16, 50)
-    episodes = reach_episodes(num, steps)
+    episodes = reach_episodes(num, steps, gain=0.3)
     oracle = ScriptedBackend()
     for frames, _, progress in episodes:
         oracle.add_episode(frames, progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.builtin.scripted import reach_episodes  # noqa: F401  (re-exported for the tests)
+
 
 def render(request) -> str:
     """A request as text, each image shown as ``<image>``: what prompt snapshots pin."""
@@ -21,29 +23,6 @@ def synthetic_episode(num_steps: int = 40, size: int = 24, seed: int = 0):
         frames[t, 0, 0, 1] = t  # keeps every frame distinct even where the square does not move
     progress = (np.arange(num_steps + 1) / num_steps) ** 1.3
     return frames, progress
-
-
-def reach_episodes(num: int = 2, steps: int = 40, gain: float = 0.35, seed: int = 0):
-    """Episodes of the built-in ``reach`` task under a proportional controller:
-    ``[(frames (T+1, H, W, 3), instruction, true progress (T+1,))]``."""
-    from envs import make_env
-
-    env = make_env("reach", seed=seed, pixels=True, max_episode_steps=steps)
-    episodes = []
-    for _ in range(num):
-        obs, info = env.reset()
-        frames, progress = [obs["pixels"]["front"]], [info["progress"]]
-        for _ in range(steps):
-            to_target = obs["state"][-2:]
-            action = np.clip(gain * to_target / 0.04, -1, 1).astype(np.float32)
-            obs, _, terminated, truncated, info = env.step(action)
-            frames.append(obs["pixels"]["front"])
-            progress.append(info["progress"])
-            if terminated or truncated:
-                break
-        episodes.append((np.stack(frames), obs["instruction"], np.array(progress)))
-    env.close()
-    return episodes
 
 
 def build_tiny_qwen2vl(folder) -> str:
