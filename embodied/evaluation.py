@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embodied.driver import unbatch
 
 
 def _batch(obs: dict[str, Any]) -> dict[str, Any]:
@@ -58,5 +57,3 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
             "eval/final_progress": float(np.nanmean(progress)) if not np.all(np.isnan(progress)) else float("nan"),
             "eval/length": float(np.mean(lengths)), "eval/episodes": episodes}
 
-
-__all__ = ["evaluate", "unbatch"]

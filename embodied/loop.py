@@ -188,7 +188,7 @@ class Trainer:
             metrics.update(self.labeler.maybe_feedback(step))
             if step >= cfg.train.learning_starts and len(self.replay) > 0:
                 self.counters["debt"] = min(self.counters["debt"] + n, cfg.train.max_update_debt)
-                while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self._labeled() >= self.sample_rows:
+                while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self.replay.num_labeled() >= self.sample_rows:
                     metrics.update(self._update())
                     self.counters["debt"] -= 1
             bar.update(n)
@@ -205,9 +205,6 @@ class Trainer:
         bar.close()
         self.labeler.close()
         return final
-
-    def _labeled(self) -> int:
-        return self.replay.num_labeled() if hasattr(self.replay, "num_labeled") else len(self.replay)
 
     def _train_row(self, metrics: dict[str, float], step: int, sps: float) -> dict[str, float]:
         row = dict(metrics)
