@@ -5,6 +5,9 @@
 SHELL := /bin/bash
 PY312 ?= $(shell pyenv which python3.12 2>/dev/null || command -v python3.12)
 VENV := .venv
+# uv is called through the interpreter, never by bare name: `python3.12 -m pip install uv`
+# puts the uv binary in that interpreter's bin folder, which is not on PATH on a fresh machine.
+UV = $(PY312) -m uv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock 2>/dev/null | sha1sum | cut -c1-12)
 export MUJOCO_GL ?= osmesa
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
@@ -24,14 +27,14 @@ system:
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PY312)" || { echo "error: Python 3.12 not found; install it (pyenv install 3.12) or set PY312=/path/to/python3.12"; exit 1; }
-	@command -v uv >/dev/null || $(PY312) -m pip install -q uv
-	@test -x $(VENV)/bin/python || uv venv -q --python $(PY312) $(VENV)
-	uv pip sync -q --python $(VENV)/bin/python requirements.lock
-	uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	@$(UV) --version >/dev/null 2>&1 || $(PY312) -m pip install -q uv
+	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PY312) $(VENV)
+	$(UV) pip sync -q --python $(VENV)/bin/python requirements.lock
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
 lock:
-	uv pip compile -q pyproject.toml --extra dev --extra bench --python-version 3.12 -o requirements.lock
+	$(UV) pip compile -q pyproject.toml --extra dev --extra bench --python-version 3.12 -o requirements.lock
 
 train: setup
 	$(VENV)/bin/embodied-train $(ARGS)
