@@ -44,6 +44,7 @@ def check_env(env: gym.Env | gym.vector.VectorEnv, steps: int = 20, seed: int = 
         if terminated or truncated:
             obs, info = env.reset()
             _check_obs(env.observation_space, obs, f"reset after step {t}")
+    _check_render(env)
     if check_determinism:
         first, second = _rollout(env, seed, actions), _rollout(env, seed, actions)
         _assert_same(first, second, "two rollouts with the same seed and actions")
@@ -51,6 +52,14 @@ def check_env(env: gym.Env | gym.vector.VectorEnv, steps: int = 20, seed: int = 
         limit = _time_limit(env)
         if limit is not None and limit <= 4 * steps + 50:
             _check_truncation(env, limit, seed)
+
+
+def _check_render(env: gym.Env) -> None:
+    """Every env renders an RGB frame on demand (evaluation videos), pixels observed or not."""
+    frame = env.render()
+    assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[-1] == 3, \
+        f"render() must return an (H, W, 3) uint8 frame whether or not pixels are observed, got " \
+        f"{type(frame).__name__} {getattr(frame, 'shape', '')}"
 
 
 def _check_spaces(obs_space: spaces.Space, act_space: spaces.Space) -> None:

@@ -3,6 +3,8 @@
 state: the env's own observation vector as float32. pixels (on request): the env's
 ``render()`` with ``render_mode="rgb_array"`` at ``image_size`` x ``image_size``, from its
 default tracking camera (named ``"default"`` here) or one named camera of the model.
+``render()`` always works (evaluation videos of state-only runs): at ``image_size`` when
+pixels are observed (the same frames), else at ``render_size``.
 Actions in [-1, 1] are rescaled to the env's action box. The instruction is a fixed
 description of the task. Reacher and Pusher also report ``info["success"]`` (target
 distance below ``success_distance``) and ``info["progress"]`` (``1 - d / d_0``).
@@ -37,18 +39,22 @@ DEFAULT_CAMERA = "default"
 
 def make_gym(env_id: str, *, pixels: bool = False, cameras: Sequence[str] | str | None = None,
              image_size: int = 84, max_episode_steps: int | None = None,
-             success_distance: float | None = None, **make_kwargs: Any) -> gym.Env:
+             success_distance: float | None = None, render_size: int = 256, **make_kwargs: Any) -> gym.Env:
     """``gymnasium.make(env_id)`` wrapped into the project's conventions."""
     base = env_id.split("-v")[0].split("/")[-1]
     kwargs: dict[str, Any] = dict(make_kwargs, disable_env_checker=True)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
-    if pixels:
-        kwargs.update(render_mode="rgb_array", width=image_size, height=image_size)
+    size = image_size if pixels else render_size
+    kwargs.update(render_mode="rgb_array", width=size, height=size)  # the renderer starts on first use
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as e:  # unknown id, missing extra, wrong version
         raise ValueError(f"gym/{env_id}: {str(e).splitlines()[0]}") from None
+    except TypeError as e:  # an option the task does not take
+        bad = [k for k in make_kwargs if f"'{k}'" in str(e)]
+        raise ValueError(f"gym/{env_id} has no option {bad[0] if bad else str(e)!r}; start from the generic "
+                         f"gymnasium config (env=gym env.name=gym/{env_id}) instead of another task's") from None
     camera = None
     if pixels:
         model = getattr(env.unwrapped, "model", None)
