@@ -8,7 +8,6 @@ from typing import Any, Callable
 import numpy as np
 
 
-
 def _batch(obs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in obs.items():
@@ -29,6 +28,7 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
     from envs.wrappers import VideoRecorder
 
     returns, successes, progress, lengths = [], [], [], []
+    has_success = False  # a task without a success signal reports success as undefined (null)
     video = VideoRecorder(video_path, fps=fps) if video_path is not None else None
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
@@ -43,6 +43,7 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
             obs, reward, terminated, truncated, info = env.step(action[0])
             ret += float(reward)
             success |= bool(info.get("success", False))
+            has_success |= "success" in info
             length += 1
             done = terminated or truncated
         if record:
@@ -53,7 +54,8 @@ def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | Non
         lengths.append(length)
     if video is not None:
         video.close()
-    return {"eval/return": float(np.mean(returns)), "eval/success": float(np.mean(successes)),
+    return {"eval/return": float(np.mean(returns)),
+            "eval/success": float(np.mean(successes)) if has_success else float("nan"),
             "eval/final_progress": float(np.nanmean(progress)) if not np.all(np.isnan(progress)) else float("nan"),
             "eval/length": float(np.mean(lengths)), "eval/episodes": episodes}
 

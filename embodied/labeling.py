@@ -24,6 +24,7 @@ then run end to end inside a training run without a VLM server.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from embodied.contracts import EpisodeLabels, RewardModel, Transition
+
+log = logging.getLogger("embodied")
 
 
 class RewardLabeler:
@@ -115,15 +118,35 @@ class RewardLabeler:
         self._pending_frames.clear()
 
     def maybe_feedback(self, env_step: int) -> dict[str, float]:
-        """PEBBLE-style schedule for trainable models: a feedback round every N env steps."""
+        """PEBBLE-style schedule for trainable models: a feedback round every N env steps.
+
+        ``env_step`` may jump by more than one (vector envs, the learner server's batches):
+        a round is due whenever a multiple of ``feedback_every`` was reached since the last one.
+        """
         if not (self.model is not None and self.model.trainable and self.feedback_every):
             return {}
-        if env_step == 0 or env_step % self.feedback_every:
+        if env_step // self.feedback_every <= self.stats["feedback_rounds"]:
             return {}
         self.flush()
         metrics = self.model.feedback_round(self.replay, self.feedback_queries)
-        self.stats["feedback_rounds"] += 1
+        self.stats["feedback_rounds"] = env_step // self.feedback_every
         return {f"reward/{k}": float(v) for k, v in metrics.items()}
+
+    def relabel(self) -> None:
+        """Rescore every stored transition with the model as it is now (after it trained)."""
+        if self.mode != "inline":
+            return
+        self.flush()
+
+        def score(batch: dict) -> np.ndarray:
+            texts = np.asarray(batch["obs"].get("instruction") or [""] * len(batch["slot"]))
+            out = np.empty(len(texts), np.float32)
+            for text in np.unique(texts):
+                idx = np.flatnonzero(texts == text)
+                out[idx] = self.model.score_frames(batch["next_obs"]["pixels"][self.camera][idx], str(text))
+            return out * self.scale
+
+        self.replay.relabel(score)
 
     # -- asynchronous episode models -----------------------------------------------------
     def _submit(self, episode_id: int, slots: list[int], instruction: str) -> None:
@@ -150,7 +173,9 @@ class RewardLabeler:
                 self.stats["labeled_episodes"] += 1
             else:
                 self.stats["failed_episodes"] += 1
-                self.failed.append({"episode_id": eid, "error": labels.error or "label length mismatch"})
+                error = labels.error or f"{len(labels.rewards)} labels for {len(slots)} transitions"
+                self.failed.append({"episode_id": eid, "error": error})
+                log.warning("reward labels of episode %d failed (kept unlabeled, never sampled): %s", eid, error)
 
     @property
     def pending(self) -> int:

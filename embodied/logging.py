@@ -56,7 +56,7 @@ class Logger:
         from matplotlib.ticker import MaxNLocator
 
         rows = self.history()
-        present = [k for k in keys if any(k in r for r in rows)]
+        present = [k for k in keys if any(r.get(k) is not None for r in rows)]  # null: undefined for this task
         fig, axes = plt.subplots(1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.2), squeeze=False)
         for ax, key in zip(axes[0], present):
             pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
@@ -81,6 +81,16 @@ class Logger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def json_safe(obj: Any) -> Any:
+    """Numbers, numpy scalars and nested dicts / lists as strict JSON values: NaN / inf
+    (an undefined metric, e.g. success on a task without a success signal) become null."""
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return _plain(obj)
 
 
 def _plain(v: Any) -> Any:

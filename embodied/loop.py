@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from embodied import checkpoint
 from embodied.driver import Driver
 from embodied.evaluation import evaluate
-from embodied.labeling import RewardLabeler
+from embodied.build import build_reward, learner_kwargs, make_labeler, reward_camera
 from embodied.logging import Logger
 
 log = logging.getLogger("embodied")
@@ -52,58 +52,82 @@ class Trainer:
         self.dir = Path(run_dir)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        kw = env_kwargs(cfg.env)
-        reward_name = cfg.reward.name
-        self.reward_model = None
-        if reward_name != "env":
-            from rewards import make_reward
-
-            rkw = OmegaConf.to_container(cfg.reward, resolve=True)
-            rkw.pop("name")
-            labeler_kw = {k: rkw.pop(k) for k in ("chunk", "max_pending", "workers", "scale",
-                                                  "feedback_every", "feedback_queries", "oracle") if k in rkw}
-            self.reward_model = make_reward(reward_name, **rkw)
-            kw["pixels"] = True  # reward models read frames, whatever the learner reads
-        self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
-        self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
-        obs_space = self.venv.single_observation_space
-        act_space = self.venv.single_action_space
+        self.reward = build_reward(cfg.reward)
+        self.reward_model = self.reward.model
+        lname, inputs, lcfg = learner_kwargs(cfg.learner, device=cfg.device)
+        self.env_free = cfg.env.name == "none"  # dataset-only offline training
+        self.action_bounds = None  # env=none: the dataset's action range, mapped onto [-1, 1]
+        if self.env_free:
+            obs_space, act_space = self._dataset_spaces(inputs)
+            self.venv = self.eval_env = None
+        else:
+            kw = env_kwargs(cfg.env)
+            if self.reward_model is not None:
+                kw["pixels"] = True  # reward models read frames, whatever the learner reads
+            self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
+            self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
+            obs_space = self.venv.single_observation_space
+            act_space = self.venv.single_action_space
         camera = None
         if self.reward_model is not None:
-            cams = list(obs_space["pixels"].spaces)
-            camera = self.reward_model.camera or cams[0]
-            if camera not in cams:
-                raise ValueError(f"reward camera {camera!r} is not among the env cameras {cams}; set reward.camera")
-        self.online = Replay(cfg.train.replay_capacity, obs_space, act_space, n_step=cfg.train.n_step,
-                             gamma=cfg.train.gamma, seed=cfg.seed)
+            camera = reward_camera(self.reward_model, list(obs_space["pixels"].spaces), f"env {cfg.env.name}")
+        capacity = 2 if self.env_free else cfg.train.replay_capacity  # env=none: no online data
+        self.online = Replay(capacity, obs_space, act_space, n_step=cfg.train.n_step, gamma=cfg.train.gamma,
+                             seed=cfg.seed)
         self.replay = self.online
         self.offline = None
         if cfg.train.get("dataset"):
             from embodied.datasets import load_replay
 
             self.offline = load_replay(cfg.train.dataset, obs_space, act_space, n_step=cfg.train.n_step,
-                                       gamma=cfg.train.gamma, seed=cfg.seed)
+                                       gamma=cfg.train.gamma, seed=cfg.seed, bounds=self.action_bounds)
             self.replay = MixedReplay(self.online, self.offline, offline_ratio=cfg.train.offline_ratio)
-        lcfg = OmegaConf.to_container(cfg.learner, resolve=True)
-        lname = lcfg.pop("name")
-        inputs = lcfg.pop("inputs", ["state"])
-        lcfg.setdefault("device", cfg.device)
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
         self.sample_rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
-        if self.offline is not None and hasattr(self.learner, "fit_normalizer"):
+        if self.offline is not None and "state" in self.offline.obs and hasattr(self.learner, "fit_normalizer"):
             self.learner.fit_normalizer(self.offline.obs["state"][:len(self.offline)])
-        self.labeler = RewardLabeler(self.online, self.reward_model, camera=camera, **(labeler_kw if self.reward_model else {}))
-        self.driver = Driver(self.venv)
-        self.driver.on_transition(self.labeler.add)
-        self.driver.on_episode(self._on_episode)
+        self.labeler = make_labeler(self.online, self.reward, camera)
         self.recorder = None
         if cfg.train.get("record_dataset"):
             from embodied.datasets import DatasetRecorder
 
             self.recorder = DatasetRecorder(cfg.train.record_dataset, fps=int(cfg.train.get("record_fps", 10)))
-            self.driver.on_transition(lambda t, i: self.recorder.add(t))
+        self.driver = self._make_driver(0)
         self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
         self._recent: list[dict[str, Any]] = []
+        self._offline_metrics: dict[str, float] = {}
+
+    def _dataset_spaces(self, inputs: list[str]):
+        """Spaces read from ``train.dataset`` when there is no env (``env=none``).
+
+        Actions outside [-1, 1] (a robot's own units) are mapped onto it; the bounds are
+        written to ``action_bounds.json`` in the run folder: the robot adapter maps the
+        policy's [-1, 1] back onto them (e.g. ``configs/robot/so100.yaml``'s ranges).
+        """
+        from embodied.datasets.read import action_bounds, dataset_spaces, open_dataset
+
+        ds = open_dataset(self.cfg.train.dataset)
+        self.action_bounds = action_bounds(ds)
+        cameras = None if "pixels" in inputs else []  # a state-only learner loads no video
+        return dataset_spaces(ds, cameras)
+
+    def _write_action_bounds(self) -> None:
+        import json
+
+        low, high = self.action_bounds
+        (self.dir / "action_bounds.json").write_text(json.dumps({"low": low.tolist(), "high": high.tolist()}))
+        log.info("dataset actions span [%s, %s]: mapped onto [-1, 1] (action_bounds.json)",
+                 np.round(low, 3).tolist(), np.round(high, 3).tolist())
+
+    def _make_driver(self, episode_offset: int) -> Driver | None:
+        if self.venv is None:
+            return None
+        driver = Driver(self.venv, episode_offset=episode_offset)
+        driver.on_transition(self.labeler.add)
+        driver.on_episode(self._on_episode)
+        if self.recorder is not None:
+            driver.on_transition(lambda t, i: self.recorder.add(t))
+        return driver
 
     # -- callbacks ------------------------------------------------------------------------
     def _on_episode(self, summary: dict[str, Any], env_index: int) -> None:
@@ -114,7 +138,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
                  "labeler": self.labeler.state_dict(), "counters": dict(self.counters),
-                 "next_episode": self.driver.episodes_started,
+                 "next_episode": self.driver.episodes_started if self.driver else 0,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         return state
 
@@ -123,11 +147,7 @@ class Trainer:
         self.online.load_state_dict(state["online"])
         self.labeler.load_state_dict(state["labeler"])
         self.counters.update(state["counters"])
-        self.driver = Driver(self.venv, episode_offset=int(state["next_episode"]))
-        self.driver.on_transition(self.labeler.add)
-        self.driver.on_episode(self._on_episode)
-        if self.recorder is not None:
-            self.driver.on_transition(lambda t, i: self.recorder.add(t))
+        self.driver = self._make_driver(int(state["next_episode"]))
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -154,6 +174,8 @@ class Trainer:
 
         cfg = self.cfg
         final: dict[str, float] = {}
+        if self.action_bounds is not None:
+            self._write_action_bounds()
         # Offline phase (IQL on a dataset, or RLPD pre-training): updates on offline data only.
         todo = cfg.train.offline_updates - self.counters["offline_updates"]
         if todo > 0:
@@ -170,6 +192,7 @@ class Trainer:
                 if n % cfg.checkpoint.every == 0 or n == cfg.train.offline_updates:
                     self.save()
             bar.close()
+            self._offline_metrics = {f"offline/{k}": v for k, v in metrics.items()}
             if cfg.train.total_steps == 0:
                 final = self.evaluate(logger, tag="offline")
         total = cfg.train.total_steps
@@ -211,7 +234,8 @@ class Trainer:
         if self._recent:
             row["train/return"] = float(np.mean([e["return"] for e in self._recent]))
             row["train/success"] = float(np.mean([e["success"] for e in self._recent]))
-            row["train/progress"] = float(np.nanmean([e["progress"] for e in self._recent]))
+            progress = [e["progress"] for e in self._recent if np.isfinite(e["progress"])]
+            row["train/progress"] = float(np.mean(progress)) if progress else float("nan")
             self._recent.clear()
         row.update({"perf/env_steps_per_s": sps, "perf/updates": self.counters["updates"],
                     "reward/pending_episodes": self.labeler.pending,
@@ -219,6 +243,8 @@ class Trainer:
         return row
 
     def evaluate(self, logger: Logger, tag: str = "") -> dict[str, float]:
+        if self.eval_env is None:  # env=none: nothing to roll out; report the training losses
+            return {"offline/updates": self.counters["offline_updates"], **self._offline_metrics}
         step = self.counters["env_steps"]
         name = f"eval_{tag + '_' if tag else ''}{step:08d}.mp4"
         video = self.dir / "videos" / name if self.cfg.eval.video_episodes > 0 else None
@@ -232,8 +258,9 @@ class Trainer:
     def close(self) -> None:
         if self.recorder is not None:
             self.recorder.close()
-        self.venv.close()
-        self.eval_env.close()
+        for env in (self.venv, self.eval_env):
+            if env is not None:
+                env.close()
 
 
 def _crossed(prev: int, now: int, every: int) -> bool:

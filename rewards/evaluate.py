@@ -183,15 +183,6 @@ def evaluate(model, episodes: list[dict[str, Any]], success_threshold: float = 0
     return metrics, records
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN (an undefined metric, e.g. AUROC with one class) -> null, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
-
-
 def plot_episode(path: Path, record: dict[str, Any], title: str) -> None:
     import matplotlib
 
@@ -232,23 +223,17 @@ def run(cfg) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
-    from rewards import find_oracle, make_reward
+    from embodied.build import build_reward
+    from embodied.logging import json_safe
 
     torch.set_num_threads(1)
+    if cfg.reward.name == "env":
+        raise ValueError("reward=env has no model to evaluate; choose reward=clip, gvl, vlac or rlvlmf")
+    built = build_reward(cfg.reward)  # training-loop settings stay with the labeler
+    model, oracle = built.model, built.oracle
+    camera = cfg.camera or model.camera
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rkw = OmegaConf.to_container(cfg.reward, resolve=True)
-    name = rkw.pop("name")
-    if name == "env":
-        raise ValueError("reward=env has no model to evaluate; choose reward=clip, gvl, vlac or rlvlmf")
-    for key in ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries"):
-        rkw.pop(key, None)  # training-loop settings, not model arguments
-    use_oracle = bool(rkw.pop("oracle", False))
-    model = make_reward(name, **rkw)
-    camera = cfg.camera or model.camera
-    oracle = find_oracle(model) if use_oracle else None
-    if use_oracle and oracle is None:
-        raise ValueError("reward.oracle=true needs a scripted oracle (reward.backend.kind=scripted or reward.labeler=scripted)")
 
     def gather(seed: int) -> list[dict[str, Any]]:
         if cfg.dataset_path:
@@ -275,7 +260,7 @@ def run(cfg) -> dict[str, Any]:
     if fit:
         metrics["reward_fit"] = fit
     metrics["source"] = str(cfg.dataset_path or cfg.task)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
+    (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     plots = []
     if cfg.plots:
         (out / "plots").mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, PermissionError)
 
 
 def setup_runtime() -> None:
@@ -20,6 +20,7 @@ def setup_runtime() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's INFO line on every start
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("sanitize"):
@@ -38,7 +39,28 @@ def one_line_errors(fn: Callable) -> Callable:
                 raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             logging.getLogger("embodied").debug("user error", exc_info=True)
+            discard_unused_run_dir()
             print(f"error: {msg}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def discard_unused_run_dir() -> None:
+    """After a start-up error, remove the run folder Hydra made if it holds nothing but
+    Hydra's own files (its ``.hydra`` config copy and job log): no empty runs left behind."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if out == Path.cwd().resolve() or not out.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        logging.shutdown()  # close the job log before its folder goes
+        shutil.rmtree(out, ignore_errors=True)
+        parent = out.parent
+        if parent != Path.cwd().resolve() and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # e.g. runs/, made for this run alone

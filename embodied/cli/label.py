@@ -52,8 +52,6 @@ setup_runtime()
 log = logging.getLogger("embodied")
 
 LABEL_COLUMNS = ("next.reward", "progress", "success", "label_ok")
-# reward config keys read by the online training loop (embodied/labeling.py), not by the module
-LOOP_ONLY = ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries", "oracle")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -195,8 +193,13 @@ def label_one(model: RewardModel, frames: np.ndarray, instruction: str) -> Episo
     return labels
 
 
+def truth(ep) -> np.ndarray:
+    """An episode's recorded true progress (``gt.progress``), for a scripted oracle."""
+    return np.asarray(ep.columns["gt.progress"], np.float64).reshape(-1)
+
+
 def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None, pairs: int, seed: int,
-                    partial: Path) -> dict[str, Any]:
+                    partial: Path, oracle=None) -> dict[str, Any]:
     """Label ``pairs`` frame pairs of the dataset with the module, fit its reward, save it."""
     from embodied import checkpoint
     from embodied.datasets.read import iter_episodes
@@ -206,15 +209,9 @@ def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None
         state = checkpoint.load(store)
         model.load_state_dict(state["model"])
         return dict(state["metrics"])
-    oracle = getattr(model, "oracle", None)
-    if oracle is not None and "gt.progress" not in ds.meta.features:
-        raise ValueError("the scripted preference oracle answers from true progress: the dataset needs gt.progress")
     episodes = list(iter_episodes(ds, [camera]))
-    if len(episodes) < 2:
-        raise ValueError("preference labeling needs at least two episodes")
-    if oracle is not None:
-        for ep in episodes:
-            oracle.add_episode(ep.frames[camera], np.asarray(ep.columns["gt.progress"]).reshape(-1))
+    for ep in episodes if oracle is not None else ():
+        oracle.add_episode(ep.frames[camera], truth(ep))
     metrics = model.fit_on_episodes([ep.frames[camera] for ep in episodes], pairs,
                                     instruction or episodes[0].task, seed=seed)
     checkpoint.save(store, 0, {"model": model.state_dict(), "metrics": metrics})
@@ -228,12 +225,15 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     """Label ``source`` (path, hub id or an open LeRobotDataset) into a new dataset at ``output``.
 
     ``model`` may be a zero-argument factory: it is called only after every input check
-    passed and only when there is something to label. Returns the summary also stored
-    in ``<output>/meta/labeling.json``.
+    passed and only when there is something to label. A module whose VLM (or preference
+    labeler) is the scripted oracle answers from the dataset's ``gt.progress`` column, so
+    such a module refuses a dataset without it. Returns the summary also stored in
+    ``<output>/meta/labeling.json``.
     """
     from tqdm import tqdm
 
     from embodied.datasets.read import open_dataset, read_episode
+    from rewards import find_oracle
 
     ds = source if hasattr(source, "meta") else open_dataset(source)
     output = Path(output).expanduser().resolve()
@@ -254,13 +254,21 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     todo = [i for i in episodes if not label_file(partial, i).exists()]
     if todo and not isinstance(model, RewardModel):
         model = model()
-    if todo and getattr(model, "trainable", False) and preference_pairs < 1:
+    trainable = bool(todo) and getattr(model, "trainable", False)
+    if trainable and preference_pairs < 1:
         raise ValueError(f"reward {reward_cfg.get('name')!r} learns from preferences: set preference_pairs > 0")
+    if trainable and ds.meta.total_episodes < 2:
+        raise ValueError("preference labeling needs at least two episodes")
+    scripted = find_oracle(model) if todo else None
+    if scripted is not None and "gt.progress" not in ds.meta.features:
+        raise ValueError(f"reward {reward_cfg.get('name')!r} uses the scripted oracle, which answers from the "
+                         "simulator's truth, but the dataset has no gt.progress column; use a real VLM backend")
     (partial / "labels").mkdir(parents=True, exist_ok=True)
     (partial / "job.json").write_text(json.dumps({"job_id": job_id(job), **job}, indent=2, default=str))
     preference_metrics = None
-    if todo and getattr(model, "trainable", False):
-        preference_metrics = fit_preferences(ds, model, camera, instruction, preference_pairs, preference_seed, partial)
+    if trainable:
+        preference_metrics = fit_preferences(ds, model, camera, instruction, preference_pairs, preference_seed,
+                                             partial, scripted)
         log.info("preference reward fit: %s", preference_metrics)
     start = time.time()
     frames_done = 0
@@ -270,6 +278,8 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
                                        initial=len(episodes) - len(todo), total=len(episodes))):
             ep = fut.result()
             fut = pool.submit(read_episode, ds, todo[k + 1], [camera]) if k + 1 < len(todo) else None
+            if scripted is not None:
+                scripted.add_episode(ep.frames[camera], truth(ep))
             labels = label_one(model, ep.frames[camera], instruction or ep.task)
             save_labels(label_file(partial, index), labels, len(ep))
             frames_done += len(ep)
@@ -369,20 +379,23 @@ def plot_curves(curves: dict[int, tuple], path: Path, count: int) -> None:
 @one_line_errors
 def run(cfg) -> dict[str, Any]:
     import torch
-    from omegaconf import OmegaConf
 
+    from embodied.build import build_reward, to_dict
+    from embodied.cli.schemas import LabelConfig
     from embodied.datasets.read import open_dataset
-    from rewards import make_reward
+    from embodied.schema import check
 
+    check(cfg, LabelConfig)  # every setting, before the dataset is opened
     torch.set_num_threads(int(cfg.threads))
     ds = open_dataset(cfg.input)
     output = Path(cfg.output).expanduser().resolve()
-    reward_cfg = OmegaConf.to_container(cfg.reward, resolve=True)
+    reward_cfg = to_dict(cfg.reward)
+    if reward_cfg.get("name") == "env":
+        raise ValueError("reward=env has no model to label with; choose reward=clip, gvl, vlac or rlvlmf")
 
     def build() -> RewardModel:
         torch.manual_seed(int(cfg.seed))
-        kw = {k: v for k, v in reward_cfg.items() if k not in LOOP_ONLY}
-        return make_reward(kw.pop("name"), **kw)
+        return build_reward(reward_cfg).model
 
     summary = label_dataset(ds, output, build, reward_cfg, cfg.camera, cfg.instruction, cfg.repo_id,
                             int(cfg.plot_episodes), preference_pairs=int(cfg.preference_pairs),

@@ -25,11 +25,11 @@ def train(cfg: DictConfig) -> dict:
     import torch
 
     from embodied import checkpoint
-    from embodied.logging import Logger
+    from embodied.cli.schemas import check_train_config
+    from embodied.logging import Logger, json_safe
     from embodied.loop import Trainer
 
-    if not isinstance(cfg.seed, int):
-        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    check_train_config(cfg)  # every setting, before anything is built or written
     torch.set_num_threads(int(cfg.train.threads))
     run_dir = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
     found = checkpoint.latest(f"{run_dir}/checkpoints")
@@ -47,9 +47,10 @@ def train(cfg: DictConfig) -> dict:
     finally:
         logger.close()
         trainer.close()
+    result = json_safe(result)  # strict JSON: an undefined metric is null, never a bare NaN
     with open(f"{run_dir}/result.json", "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps({"run_dir": run_dir, **result}))
+        json.dump(result, f, indent=2, allow_nan=False)
+    print(json.dumps({"run_dir": run_dir, **result}, allow_nan=False))
     return result
 
 

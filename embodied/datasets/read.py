@@ -165,16 +165,38 @@ def dataset_spaces(ds, cameras: Sequence[str] | None = None):
     return spaces.Dict(obs), action
 
 
+def action_bounds(ds) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-dimension (low, high) of the dataset's actions when they leave [-1, 1], else None.
+
+    The contracts keep actions in [-1, 1]; a dataset recorded in a robot's own units (joint
+    angles, gripper millimetres) is mapped onto it with these bounds, and the robot adapter
+    maps [-1, 1] back onto the same range.
+    """
+    actions = np.asarray(ds.hf_dataset.with_format("numpy")["action"], np.float64).reshape(ds.meta.total_frames, -1)
+    low, high = actions.min(0), actions.max(0)
+    if low.min() >= -1.0 - 1e-6 and high.max() <= 1.0 + 1e-6:
+        return None
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def to_unit(action: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Actions in [low, high] -> [-1, 1] (a dimension that never varies maps to 0)."""
+    low, high = bounds
+    span = np.where(high > low, high - low, 1.0)
+    return np.where(high > low, 2.0 * (action - low) / span - 1.0, 0.0).astype(np.float32)
+
+
 def load_replay(source, obs_space=None, action_space=None, reward_key: str | None = None,
                 cameras: Sequence[str] | None = None, capacity: int | None = None, n_step: int = 1,
-                gamma: float = 0.99, seed: int = 0):
+                gamma: float = 0.99, seed: int = 0, bounds: tuple[np.ndarray, np.ndarray] | None = None):
     """A :class:`embodied.replay.Replay` (``offline=True``) holding every row of a dataset.
 
     ``obs_space`` / ``action_space`` (an env's): the replay takes the env's layout and
     the dataset must provide it (same cameras and image sizes, same state and action
     sizes). Without them the layout comes from the dataset; ``cameras=[]`` loads state
     only (fast), default every camera. ``reward_key`` None: ``next.reward`` (labels) when
-    the dataset has it, else the simulator's ``gt.reward`` (logged).
+    the dataset has it, else the simulator's ``gt.reward`` (logged). ``bounds``: (low, high)
+    of the dataset's actions, mapped onto [-1, 1] (see :func:`action_bounds`).
     """
     from embodied.replay import Replay
 
@@ -210,6 +232,8 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
         if "label_ok" in ep.columns and not np.asarray(ep.columns["label_ok"]).all():
             skipped.append(ep.index)  # labeling failed: rows hold NaN rewards, never train on them
             continue
+        if bounds is not None:
+            ep.action = to_unit(ep.action, bounds)
         replay.add_batch(episode_transitions(ep, reward_key))
     if skipped:
         log.warning("load_replay: skipped %d episode(s) whose labeling failed: %s", len(skipped), skipped[:20])

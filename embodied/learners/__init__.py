@@ -16,18 +16,36 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 
-def make_learner(name: str, obs_space, action_space, **cfg: Any):
-    """Build learner ``name``; unknown config keys are an error that names them."""
+def _config_class(name: str):
     if name not in REGISTRY:
         raise ValueError(f"unknown learner {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
     module, cls_name, cfg_name = REGISTRY[name]
     mod = importlib.import_module(module)
-    config_cls = getattr(mod, cfg_name)
+    return getattr(mod, cls_name), getattr(mod, cfg_name)
+
+
+def check_learner_config(section: Any) -> None:
+    """A ``learner:`` config section: known name, known keys, each value of its field's type."""
+    from embodied.build import to_dict
+    from embodied.schema import check
+
+    cfg = to_dict(section)
+    _, config_cls = _config_class(cfg.pop("name", None))
+    inputs = cfg.pop("inputs", ["state"])
+    if not (isinstance(inputs, (list, tuple)) and inputs and set(inputs) <= {"state", "pixels"}):
+        raise ValueError(f"learner.inputs must be a list of state and/or pixels, got {inputs!r}")
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:
-        raise ValueError(f"unknown learner.{unknown[0]} for {name}; valid keys: {', '.join(sorted(fields))}")
+        raise ValueError(f"unknown learner.{unknown[0]} for {section.get('name')}; valid keys: {', '.join(sorted(fields))}")
+    check(cfg, config_cls, "learner.")
+
+
+def make_learner(name: str, obs_space, action_space, **cfg: Any):
+    """Build learner ``name``; unknown keys or values of the wrong type are an error that names them."""
+    learner_cls, config_cls = _config_class(name)
+    check_learner_config({"name": name, **cfg})
     for key, value in cfg.items():
         if isinstance(value, list):
             cfg[key] = tuple(value)
-    return getattr(mod, cls_name)(obs_space, action_space, config_cls(**cfg))
+    return learner_cls(obs_space, action_space, config_cls(**cfg))

@@ -1,0 +1,115 @@
+"""Schemas of the command-line configs (see :mod:`embodied.schema`): types and ranges of
+every top-level setting, checked before anything is built or written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from embodied.schema import num
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+@dataclass
+class TrainSection:
+    total_steps: int = num(ge=0)
+    num_envs: int = num(ge=1)
+    warmup_steps: int = num(ge=0)
+    learning_starts: int = num(ge=0)
+    max_update_debt: int = num(ge=1)
+    replay_capacity: int = num(ge=1)
+    n_step: int = num(ge=1)
+    gamma: float = num(gt=0, le=1)
+    dataset: str | None = None
+    offline_ratio: float = num(ge=0, le=1)
+    offline_updates: int = num(ge=0)
+    record_dataset: str | None = None
+    record_fps: int = num(ge=1)
+    threads: int = num(ge=1)
+
+
+@dataclass
+class EvalSection:
+    every: int = num(ge=0)
+    episodes: int = num(ge=1)
+    video_episodes: int = num(ge=0)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = num(ge=1)
+    keep: int = num(ge=1)
+
+
+@dataclass
+class LogSection:
+    every: int = num(ge=1)
+    level: LogLevel = "INFO"
+
+
+@dataclass
+class WandbSection:
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = ""
+
+
+@dataclass
+class EnvSection:
+    name: str = ""
+    pixels: bool = False
+    cameras: list[str] | None = None
+    image_size: int = num(ge=8)
+    max_episode_steps: int | None = num(ge=1)
+
+
+@dataclass
+class TrainConfig:
+    """``embodied-train`` (configs/config.yaml)."""
+
+    seed: int = 0
+    device: str = "cpu"
+    run_name: str = ""
+    run_dir: str = ""
+    resume: bool = False
+    env: EnvSection = field(default_factory=EnvSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+
+@dataclass
+class LabelConfig:
+    """``embodied-label`` (configs/label.yaml)."""
+
+    input: str = ""
+    output: str = ""
+    camera: str | None = None
+    instruction: str | None = None
+    repo_id: str | None = None
+    plot_episodes: int = num(ge=0)
+    seed: int = 0
+    preference_pairs: int = num(ge=0)
+    threads: int = num(ge=1)
+
+
+def check_train_config(cfg) -> None:
+    """An ``embodied-train`` config: types, ranges and the settings that go together."""
+    from embodied.learners import check_learner_config
+    from embodied.schema import check
+
+    check(cfg, TrainConfig)
+    check_learner_config(cfg.learner)
+    t = cfg.train
+    if t.offline_updates > 0 and not t.dataset:
+        raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
+    if cfg.env.name == "none":
+        if not t.dataset:
+            raise ValueError("env=none trains from a dataset alone: set train.dataset=<LeRobotDataset path>")
+        if t.total_steps != 0 or t.offline_updates < 1:
+            raise ValueError("env=none has no env to step: set train.total_steps=0 and train.offline_updates > 0")
+        if cfg.reward.name != "env":
+            raise ValueError("env=none reads the dataset's rewards (next.reward); label it first with "
+                             "embodied-label and keep reward=env")
