@@ -6,8 +6,9 @@ safety limits, feed the watchdog, step the robot, poll the human for keys about 
 step just taken (success / failure end the episode with a sparse label, e-stop holds
 the robot and stops), and hand finished batches of transitions to the link. The loop
 never waits on the network: with the learner gone it keeps acting with the last
-weights and the link spools. Tick jitter (actual start - scheduled start) and policy
-latency are measured every tick and reported (p50 / p99, ms).
+weights and the link spools; only a learner that rejects this actor's key stops the
+loop (the robot is held, the last batch spooled). Tick jitter (actual start -
+scheduled start) and policy latency are measured every tick and reported (p50 / p99, ms).
 
 Human-in-the-loop modes (the graded protocol of the VLAC paper; demo replay is on the
 learner side, ``demos=<dataset>``):
@@ -130,6 +131,10 @@ class Actor:
         step, batch, saved, intervened_episode = 0, [], [], False
         next_tick = time.perf_counter()
         while not self.stop_event.is_set() and not (cfg.max_steps and self.counts["steps"] >= cfg.max_steps):
+            if getattr(self.link, "rejected", False):
+                log.error("the learner rejected this actor's key: holding the robot and stopping the control loop")
+                self.env.hold()
+                break
             next_tick += period
             delay = next_tick - time.perf_counter()
             if delay > 0:

@@ -55,15 +55,23 @@ def run_actor(cfg: DictConfig) -> dict:
     from real_robot.bridge.link import ActorLink
     from real_robot.robots import make_robot_env
     from real_robot.safety import ActionLimits, Watchdog
+    from real_robot.schemas import check_actor_config
 
+    check_actor_config(cfg)  # every setting, before the link starts or the robot is touched
     torch.set_num_threads(int(cfg.loop.threads))
     loop_kw = {k: v for k, v in OmegaConf.to_container(cfg.loop, resolve=True).items() if k != "threads"}
     loop = LoopConfig(seed=cfg.seed, stats_file=f"{cfg.run_dir}/actor_stats.json", **loop_kw)
-    env = make_robot_env(OmegaConf.to_container(cfg.robot, resolve=True), seed=cfg.seed)
     s, lk = cfg.safety, cfg.link
     link = ActorLink(cfg.connect, cfg.actor_id, cfg.spool_dir, secret_key=cfg.curve.secret, server_key=cfg.curve.server,
                      insecure_loopback=cfg.insecure_loopback, fsync=lk.fsync, heartbeat=lk.heartbeat,
                      learner_timeout=lk.learner_timeout, resend_after=lk.resend_after, build_policy=build_policy)
+    link.start()
+    try:
+        link.wait_for_learner(float(lk.connect_timeout))  # a rejected key stops here, before the robot is touched
+    except PermissionError:
+        link.close()
+        raise
+    env = make_robot_env(OmegaConf.to_container(cfg.robot, resolve=True), seed=cfg.seed)
     human = make_human(cfg.teleop)
     watchdog = Watchdog(env, s.watchdog_deadline, s.watchdog_period).start()
     actor = Actor(env, link, human, ActionLimits(s.low, s.high, s.max_delta), watchdog, loop)
@@ -71,12 +79,11 @@ def run_actor(cfg: DictConfig) -> dict:
     link.counters.set("episode_floor", actor.episode_offset + 1_000_000)
     link.stats_fn = lambda: {k: v for k, v in actor.stats().items() if not k.startswith("link_")}
     install_sigterm(actor)
-    link.start()
     try:
         stats = actor.run()
     finally:
         watchdog.stop()
-        acked = link.wait_acked(float(lk.shutdown_wait))
+        acked = not link.rejected and link.wait_acked(float(lk.shutdown_wait))
         if not acked:
             log.warning("%d batches not acked yet: they stay in %s and are resent on the next start",
                         len(link.pending), cfg.spool_dir)
@@ -84,6 +91,7 @@ def run_actor(cfg: DictConfig) -> dict:
         env.close()
         if human is not None:
             human.close()
+    link.check_key()  # rejected mid-run: the loop stopped; one line, exit status 2
     stats = actor.stats()
     actor._maybe_write_stats(force=True)
     print(json.dumps(stats))
@@ -92,12 +100,23 @@ def run_actor(cfg: DictConfig) -> dict:
 
 @one_line_errors
 def run_learner(cfg: DictConfig) -> None:
+    from real_robot.bridge.transport import LearnerSocket
+    from real_robot.schemas import check_learner_server_config
+
+    check_learner_server_config(cfg)  # every setting, before the socket is bound
+
+    b = cfg.bridge  # listen (and authenticate actors) first: loading torch and the checkpoint takes seconds
+    sock = LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
     import torch
 
     from real_robot.learner import LearnerServer
 
     torch.set_num_threads(int(cfg.train.threads))
-    server = LearnerServer(cfg, cfg.run_dir)
+    try:
+        server = LearnerServer(cfg, cfg.run_dir, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     server.run(max_seconds=float(cfg.train.max_seconds))
 
 

@@ -18,7 +18,11 @@ Loop (one thread owns the socket, the replay and the learner):
    offline replay (with any ``demos`` dataset): the RLPD half of every batch.
 4. **publish** weights every ``publish_every`` updates to each live actor (newest wins;
    an actor that has not caught up with the previous version is skipped for a while).
-5. **checkpoint** every ``checkpoint_every`` seconds and on SIGTERM / SIGINT.
+5. **checkpoint** everything every ``checkpoint.every_seconds`` and on SIGTERM / SIGINT;
+   the learner alone (networks, optimisers, temperature, update counter, weights
+   version: small) every ``checkpoint.learner_every_seconds`` into ``learner_ckpt/``.
+   A restart loads the full checkpoint, re-reads the log, then takes the learner from
+   ``learner_ckpt/`` when it holds more updates, so a SIGKILL costs seconds of training.
 
 Malformed messages are logged with a one-line reason and dropped; nothing received is
 unpickled or executed (see ``real_robot.bridge.schema``).
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from embodied import checkpoint
+from embodied.logging import json_safe
 from real_robot.bridge import schema
 from real_robot.bridge.spool import Position, Spool
 from real_robot.bridge.transport import LearnerSocket
@@ -83,10 +88,10 @@ def spaces_from(cfg) -> tuple[Any, Any]:
 
 
 class LearnerServer:
-    def __init__(self, cfg, run_dir: str | Path):
+    def __init__(self, cfg, run_dir: str | Path, sock: LearnerSocket | None = None):
         from omegaconf import OmegaConf
 
-        from embodied.labeling import RewardLabeler
+        from embodied.build import make_labeler
         from embodied.learners import make_learner
         from embodied.loop import learner_space
         from embodied.replay import MixedReplay, Replay
@@ -112,8 +117,8 @@ class LearnerServer:
         inputs = lcfg.pop("inputs", ["state"])
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
         self.rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
-        model, camera = self._reward_model(cfg, obs_space)
-        self.labelers = [RewardLabeler(r, model, camera=camera) for r in (self.online, self.offline)]
+        self.reward, camera = self._reward_model(cfg, obs_space)
+        self.labelers = [make_labeler(r, self.reward, camera) for r in (self.online, self.offline)]
         self.log = Spool(self.dir / "log", fsync=cfg.bridge.log_fsync, segment_bytes=64 << 20)
         self.log_pos = Position(0, 0)
         self.dedup = Dedup()
@@ -123,27 +128,23 @@ class LearnerServer:
         self.peers: dict[bytes, dict[str, Any]] = {}  # routing id -> {name, seen, sent_version, sent_at, has}
         self.session = uuid.uuid4().hex
         self.stopping = False
-        self._last_ckpt = self._last_stats = time.monotonic()
+        self._last_ckpt = self._last_stats = self._last_learner_ckpt = time.monotonic()
         self._restore()
+        self._learner_saved = self.counters["updates"]
         b = cfg.bridge
-        self.sock = LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
+        self.sock = sock if sock is not None else \
+            LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
 
     @staticmethod
     def _reward_model(cfg, obs_space):
-        from omegaconf import OmegaConf
+        """The reward exactly as ``embodied-train`` builds it (embodied/build.py)."""
+        from embodied.build import build_reward, reward_camera
 
-        if cfg.reward.name == "env":
-            return None, None
-        from rewards import make_reward
-
-        rkw = OmegaConf.to_container(cfg.reward, resolve=True)
-        rkw.pop("name")
-        model = make_reward(cfg.reward.name, **rkw)
+        built = build_reward(cfg.reward)
+        if built.model is None:
+            return built, None
         cams = list(obs_space["pixels"].spaces) if "pixels" in obs_space.spaces else []
-        camera = model.camera or (cams[0] if cams else None)
-        if camera not in cams:
-            raise ValueError(f"reward {cfg.reward.name} reads camera {camera!r} but spaces.cameras is {cams}")
-        return model, camera
+        return built, reward_camera(built.model, cams, "spaces.cameras")
 
     # -- ingest ---------------------------------------------------------------------------
     def _episode_id(self, actor: str, eid: int) -> int:
@@ -198,6 +199,21 @@ class LearnerServer:
                 replayed += 1
         if replayed:
             log.info("re-read %d acked batches from the durable log", replayed)
+        self._restore_learner()
+
+    def _restore_learner(self) -> None:
+        """Take the learner from ``learner_ckpt/`` when it is ahead of the full checkpoint."""
+        path = checkpoint.latest(self.dir / "learner_ckpt")
+        if path is None:
+            return
+        state = checkpoint.load(path)
+        updates = int(state["counters"]["updates"])
+        if updates <= self.counters["updates"]:
+            return
+        log.info("resumed the learner from %s: %d updates (the full checkpoint had %d)", path, updates,
+                 self.counters["updates"])
+        self.learner.load_state_dict(state["learner"])
+        self.counters.update({k: int(v) for k, v in state["counters"].items()})
 
     # -- network --------------------------------------------------------------------------
     def _pump(self, timeout_ms: int) -> int:
@@ -237,7 +253,8 @@ class LearnerServer:
             acks.setdefault(peer, []).append(seq)
         elif msg.type == "hello":
             if info.get("session") != msg.fields["session"]:  # a new actor process: it has no weights
-                log.info("actor %s connected (session %s)", name, str(msg.fields["session"])[:8])
+                log.info("actor %s connected (session %s%s)", name, str(msg.fields["session"])[:8],
+                         f"; key {self.sock.key_of(name)}" if user else "")
                 info["session"], info["sent_version"], info["has"] = msg.fields["session"], -1, -1
             self.sock.send(peer, schema.encode("welcome", {"session": self.session,
                                                           "version": self.counters["weights_version"]}))
@@ -294,8 +311,33 @@ class LearnerServer:
                 self.publish()
         return metrics
 
+    def feedback(self) -> dict[str, float]:
+        """A trainable reward's feedback round (RL-VLM-F) every ``reward.feedback_every`` transitions.
+
+        The round samples and relabels the online replay; the offline half (interventions,
+        demos) is then rescored with the retrained model too.
+        """
+        metrics = self.labelers[0].maybe_feedback(self.counters["transitions"])
+        if metrics:
+            self.labelers[1].relabel()
+            log.info("reward feedback round %d: %s", self.labelers[0].stats["feedback_rounds"],
+                     {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()})
+        return metrics
+
+    def reward_stats(self) -> dict[str, Any]:
+        """Labeling counters of both halves: labeled / failed episodes, pending, feedback rounds."""
+        out: dict[str, Any] = {"name": self.reward.name, "feedback_rounds": self.labelers[0].stats["feedback_rounds"],
+                               "pending_episodes": sum(lab.pending for lab in self.labelers)}
+        for key in ("labeled_episodes", "failed_episodes"):
+            out[key] = sum(lab.stats[key] for lab in self.labelers)
+        out["unlabeled_transitions"] = len(self.online) - self.online.num_labeled()
+        out["last_failures"] = [f for lab in self.labelers for f in lab.failed][-5:]
+        return out
+
     # -- checkpoint -----------------------------------------------------------------------
     def save(self) -> Path:
+        for lab in self.labelers:
+            lab.flush()  # inline rewards of a partial chunk go into this checkpoint
         self.log.rotate()
         self.log_pos = self.log.end()
         state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
@@ -312,12 +354,20 @@ class LearnerServer:
         self._last_ckpt = time.monotonic()
         return path
 
+    def save_learner(self) -> Path:
+        """The learner alone, without the replay: cheap enough to save every few seconds."""
+        state = {"learner": self.learner.state_dict(),
+                 "counters": {k: self.counters[k] for k in ("updates", "weights_version")}}
+        path = checkpoint.save(self.dir / "learner_ckpt", self.counters["updates"], state, keep=2)
+        self._learner_saved, self._last_learner_ckpt = self.counters["updates"], time.monotonic()
+        return path
+
     def write_stats(self) -> None:
         actors = {i["name"]: i.get("stats", {}) for i in self.peers.values()}
         stats = {**self.counters, "replay": len(self.online), "offline": len(self.offline),
-                 "rejected_keys": self.sock.rejected, "actors": actors}
+                 "rejected_keys": self.sock.rejected, "reward": self.reward_stats(), "actors": actors}
         tmp = self.dir / ".learner_stats.json.tmp"
-        tmp.write_text(json.dumps(stats, default=float))
+        tmp.write_text(json.dumps(json_safe(stats), allow_nan=False))
         tmp.replace(self.dir / "learner_stats.json")
 
     # -- main loop ------------------------------------------------------------------------
@@ -325,8 +375,8 @@ class LearnerServer:
         start = time.monotonic()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        log.info("learner listening on %s (%s)", self.cfg.bridge.bind,
-                 "PLAINTEXT loopback" if self.sock.plaintext else "CURVE")
+        log.info("learner ready: %d transitions, %d updates, weights v%d", self.counters["transitions"],
+                 self.counters["updates"], self.counters["weights_version"])
         try:
             while not self.stopping and not (max_seconds and time.monotonic() - start > max_seconds):
                 busy = self.owed_updates() > 0
@@ -334,12 +384,16 @@ class LearnerServer:
                 self.train(self.cfg.train.updates_per_pump)
                 for lab in self.labelers:
                     lab.poll()
+                self.feedback()
                 now = time.monotonic()
                 if now - self._last_stats > 1.0:
                     self.write_stats()
                     self._last_stats = now
                 if now - self._last_ckpt > self.cfg.checkpoint.every_seconds:
                     self.save()
+                elif (self.counters["updates"] > self._learner_saved
+                      and now - self._last_learner_ckpt > self.cfg.checkpoint.learner_every_seconds):
+                    self.save_learner()
         finally:
             self.save()
             self.write_stats()

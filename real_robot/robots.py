@@ -80,6 +80,10 @@ class SimRobot:
         self._feedback = (float(reward), bool(terminated), bool(truncated), dict(info))
         return dict(action)
 
+    def render(self) -> np.ndarray:
+        """The simulator's view (for videos), whatever the robot observes."""
+        return self.env.render()
+
     def disconnect(self) -> None:
         self._obs = None
         self.env.close()
@@ -128,7 +132,7 @@ class RobotEnv(gym.Env):
     motors); ``hold="zero"`` sends action 0 (velocity / delta control, the sim robot).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, robot, motors: Mapping[str, Any] | None = None, cameras: list[str] | None = None,
                  image_size: int = 64, instruction: str = "", max_episode_steps: int = 200,
@@ -216,6 +220,15 @@ class RobotEnv(gym.Env):
         self._steps += 1
         truncated = truncated or self._steps >= self.max_episode_steps
         return self._obs(self._last_raw), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """A frame for videos: the robot's own view when it has one (the sim robot), else the
+        newest frame of its first camera; None for a robot without cameras."""
+        if hasattr(self.robot, "render"):
+            with self.lock:
+                return self.robot.render()
+        cams = [k for k, v in self.robot.observation_features.items() if isinstance(v, tuple)]
+        return np.asarray(self._last_raw[cams[0]]) if cams and self._last_raw else None
 
     def hold_action(self) -> np.ndarray:
         """The [-1, 1] action that keeps the robot where it is."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import msgpack
 import numpy as np
 import pytest
+from zmq.utils import z85
 
 from embodied.contracts import Transition
 from real_robot.bridge import keys, schema, transport
@@ -193,8 +195,16 @@ def test_curve_allow_list_authenticates_and_rejects(tmp_path, caplog):
                 if bad.auth_failed:
                     break
         assert bad.auth_failed and server.rejected >= 1
-        assert any("not in the allow-list" in r.message for r in caplog.records)
-        assert any("rejected this actor's CURVE key" in r.message for r in caplog.records)
+        # the log names the rejected key by the Z85 text its .key file holds, not raw bytes
+        z85_text = keys.load(tmp_path / "intruder.key", secret=False).public
+        fp = z85_text.decode()[:12]
+        assert transport.fingerprint(z85_text) == transport.fingerprint(z85.decode(z85_text)) == fp
+        rejected = [r.getMessage() for r in caplog.records if "not in the allow-list" in r.getMessage()]
+        assert rejected and f"fingerprint '{fp}'" in rejected[0] and str(tmp_path / "allow") in rejected[0]
+        assert any(f"fingerprint '{fp}'" in r.getMessage() and "rejected this actor's CURVE key" in r.getMessage()
+                   for r in caplog.records)
+        good_fp = keys.load(tmp_path / "allow/good.key", secret=False).public.decode()[:12]
+        assert server.key_of("good") == f"{tmp_path / 'allow'}/good.key, fingerprint '{good_fp}'"
     finally:
         good.close()
         bad.close()
@@ -235,3 +245,78 @@ def test_spool_interval_policy_fsyncs_in_the_background_at_most_once_an_interval
     sp.append([b"y"])
     assert calls == ["MainThread"]  # batch: fsync before append returns
     sp.close()
+
+
+class Still:
+    chunk_size = 1
+
+    def act(self, obs, deterministic=False):
+        return np.zeros((1, 2), np.float32)
+
+
+def _rebind(make, tries: int = 100):
+    """A second learner socket in this process: the first one's ZAP endpoint is released asynchronously."""
+    import zmq
+
+    for _ in range(tries - 1):
+        try:
+            return make()
+        except zmq.ZMQError:
+            time.sleep(0.05)
+    return make()
+
+
+def test_an_actor_stops_driving_when_the_learner_rejects_its_key_mid_run(tmp_path):
+    from real_robot.actor import Actor, LoopConfig
+    from real_robot.bridge.link import ActorLink
+    from real_robot.robots import RobotEnv, SimRobot
+
+    keys.create(tmp_path, "learner")
+    keys.create(tmp_path / "allow", "a0")
+    keys.create(tmp_path / "other", "someone")
+    addr = f"tcp://127.0.0.1:{transport.free_port()}"
+    learner = str(tmp_path / "learner.key_secret")
+    server = transport.LearnerSocket(addr, learner, str(tmp_path / "allow"))
+    link = ActorLink(addr, "a0", str(tmp_path / "spool"), secret_key=str(tmp_path / "allow/a0.key_secret"),
+                     server_key=str(tmp_path / "learner.key")).start()
+    env = RobotEnv(SimRobot("reach", seed=1), max_episode_steps=50)
+    holds = []
+    env.hold = lambda: holds.append(1)
+    actor = Actor(env, link, policy=Still(), cfg=LoopConfig(hz=100, mode="none"))
+    runner = threading.Thread(target=actor.run)
+    try:
+        assert link.wait_for_learner(10.0)  # accepted: the actor may drive
+        runner.start()
+        for _ in range(100):
+            if actor.counts["steps"] >= 5:
+                break
+            time.sleep(0.05)
+        server.close()  # the learner comes back with an allow-list that lacks a0
+        server = _rebind(lambda: transport.LearnerSocket(addr, learner, str(tmp_path / "other")))
+        runner.join(timeout=30)
+        assert not runner.is_alive() and link.rejected  # stopped by itself, no stop() call
+        assert holds and actor.counts["steps"] >= 5
+        with pytest.raises(PermissionError, match=f"add {tmp_path / 'allow/a0.key'} to the learner's allow-list"):
+            link.check_key()
+    finally:
+        actor.stop()
+        if runner.is_alive():
+            runner.join(timeout=5)
+        link.close()
+        env.close()
+        server.close()
+
+
+def test_an_actor_without_a_learner_waits_at_most_connect_timeout_then_acts(tmp_path, caplog):
+    from real_robot.bridge.link import ActorLink
+
+    keys.create(tmp_path, "learner")
+    keys.create(tmp_path, "a0")
+    link = ActorLink(f"tcp://127.0.0.1:{transport.free_port()}", "a0", str(tmp_path / "spool"),
+                     secret_key=str(tmp_path / "a0.key_secret"), server_key=str(tmp_path / "learner.key")).start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert link.wait_for_learner(0.3) is False and not link.rejected
+        assert any("acting anyway" in r.getMessage() for r in caplog.records)
+    finally:
+        link.close()

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from embodied.cli import CONFIG_DIR
@@ -117,6 +118,37 @@ def test_restart_resumes_from_checkpoint_and_the_durable_log(tmp_path):
         assert len(set(zip(steps["episode_id"].tolist(), steps["step"].tolist()))) == 40
     finally:
         again.sock.close()
+
+
+def test_a_crash_before_the_full_checkpoint_keeps_the_learner_from_its_own_checkpoint(tmp_path):
+    server = LearnerServer(config(tmp_path), tmp_path)
+    acks: dict = {}
+    try:
+        for seq in range(4):
+            server._handle(b"peer", "a", [bytes(f) for f in schema.pack_transitions(episode(seq), seq)], acks)
+        server.log.sync()
+        server.train(max_calls=1000)
+        server.save_learner()  # no full checkpoint ever: then a SIGKILL
+        trained = {k: v.clone() for k, v in server.learner.policy_weights().items()}
+    finally:
+        server.sock.close()
+    again = LearnerServer(config(tmp_path), tmp_path)
+    try:
+        assert again.counters["transitions"] == 40  # the data, from the durable log
+        assert again.counters["updates"] == 40 and again.counters["weights_version"] == 8  # the training
+        assert again.owed_updates() == 0  # UTD books balance: nothing is trained twice
+        for name, value in again.learner.policy_weights().items():
+            assert torch.equal(value, trained[name]), name
+        again._handle(b"peer", "a", [bytes(f) for f in schema.pack_transitions(episode(4), 4)], acks)
+        again.train(max_calls=1000)
+        again.save()  # 50 updates: this full checkpoint is newer than the learner-only one (40)
+    finally:
+        again.sock.close()
+    third = LearnerServer(config(tmp_path), tmp_path)
+    try:
+        assert third.counters["updates"] == 50 and third.counters["transitions"] == 50
+    finally:
+        third.sock.close()
 
 
 def test_a_batch_that_does_not_match_the_robot_spaces_is_refused(tmp_path):

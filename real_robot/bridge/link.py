@@ -12,6 +12,10 @@ is deleted once every batch in it is acked. On restart the spool is read back an
 everything in it is pending again (the learner drops duplicates by sequence number).
 Sequence numbers have no gaps: the next one is max(spooled) + 1, or the persisted
 floor written before the last acked segment was deleted.
+
+A learner that refuses this actor's CURVE key is the one thing that stops an actor:
+:meth:`ActorLink.wait_for_learner` raises at start-up and :attr:`ActorLink.rejected`
+tells the control loop later on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable
 
 from real_robot.bridge import schema
@@ -38,6 +43,7 @@ class ActorLink:
                  window: int = 64, segment_bytes: int = 16 << 20,
                  build_policy: Callable[[dict, dict], Any] | None = None):
         self.actor_id = actor_id
+        self.public_key = str(Path(secret_key).with_suffix(".key")) if secret_key else "this actor's .key file"
         self.sock = ActorSocket(address, actor_id, secret_key, server_key, insecure_loopback)
         self.spool = Spool(spool_dir, fsync=fsync, segment_bytes=segment_bytes)
         self.counters = Counters(f"{spool_dir}/counters.json")
@@ -95,6 +101,31 @@ class ActorLink:
     @property
     def connected(self) -> bool:
         return time.monotonic() - self.last_heard < self.learner_timeout
+
+    @property
+    def rejected(self) -> bool:
+        """The learner refused this actor's CURVE key on the last handshake."""
+        return self.sock.auth_failed
+
+    def check_key(self) -> None:
+        """Raise PermissionError (one line: which key, what to do) if the learner rejected our key."""
+        if self.rejected:
+            raise PermissionError(f"the learner at {self.sock.address} rejected this actor's CURVE key (fingerprint "
+                                  f"'{self.sock.fingerprint}'): add {self.public_key} to the learner's allow-list")
+
+    def wait_for_learner(self, timeout: float) -> bool:
+        """At start-up (after :meth:`start`): True once the learner accepted this actor; a
+        rejected key raises PermissionError; False with a warning after ``timeout`` seconds
+        of no learner (the actor then runs anyway and spools)."""
+        end = time.monotonic() + timeout
+        while not (self.sock.accepted or self.learner_session):
+            self.check_key()
+            if time.monotonic() > end:
+                log.warning("no learner at %s after %.0f s: acting anyway, transitions spool until it answers",
+                            self.sock.address, timeout)
+                return False
+            time.sleep(0.02)
+        return True
 
     def wait_acked(self, timeout: float) -> bool:
         """Block until everything submitted is acked (shutdown); False on timeout."""

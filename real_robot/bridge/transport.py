@@ -55,6 +55,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fingerprint(key: bytes) -> str:
+    """A CURVE public key (raw 32 bytes or Z85 text) -> its first 12 Z85 characters, the
+    start of the ``public-key = "..."`` line in its ``.key`` file."""
+    from zmq.utils import z85
+
+    return (z85.encode(key) if len(key) == 32 else key).decode("ascii")[:12]
+
+
 def _context():
     import zmq
 
@@ -83,6 +91,8 @@ class LearnerSocket:
         self.sock.setsockopt(zmq.SNDHWM, 64)
         self.auth = None
         self.rejected = 0
+        self.allowed: dict[bytes, str] = {}  # z85 public key -> actor name (its .key file's stem)
+        self.allow_dir = allow_dir
         if not self.plaintext:
             if not secret_key or not allow_dir:
                 raise ValueError("CURVE needs learner keys.secret=<file.key_secret> and keys.allow=<folder of actor .key>")
@@ -94,6 +104,12 @@ class LearnerSocket:
             self.sock.curve_server = True
         self.sock.bind(address)
         self.address = address
+        log.info("learner listening on %s (%s)", address, "PLAINTEXT loopback" if self.plaintext else "CURVE")
+
+    def key_of(self, actor: str) -> str:
+        """'<allow_dir>/<actor>.key, fingerprint ...' for an authenticated actor ('' in plaintext)."""
+        found = [fingerprint(k) for k, name in self.allowed.items() if name == actor]
+        return f"{self.allow_dir}/{actor}.key, fingerprint '{found[0]}'" if found else ""
 
     def recv(self, timeout_ms: int) -> tuple[bytes, str | None, list] | None:
         if not self.sock.poll(timeout_ms):
@@ -122,7 +138,8 @@ def _start_authenticator(ctx, owner: LearnerSocket):
             ok = key in owner.allowed
             if not ok:
                 owner.rejected += 1
-                log.error("rejected an actor whose CURVE key %s is not in the allow-list", key.decode()[:12] + "...")
+                log.error("rejected an actor whose CURVE key (fingerprint '%s') is not in the allow-list %s",
+                          fingerprint(key), owner.allow_dir)
             return ok
 
     auth = ThreadAuthenticator(ctx)
@@ -134,7 +151,8 @@ def _start_authenticator(ctx, owner: LearnerSocket):
 
 class ActorSocket:
     """DEALER on an actor, connected to the learner; ``auth_failed`` turns True when the
-    learner refuses this actor's key."""
+    learner refuses this actor's key, ``accepted`` when a handshake succeeded (both are
+    updated by :meth:`recv`)."""
 
     def __init__(
         self,
@@ -155,6 +173,7 @@ class ActorSocket:
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.sock.setsockopt(zmq.SNDHWM, 256)
+        self.fingerprint, self.address = "", address
         if not self.plaintext:
             if not secret_key or not server_key:
                 raise ValueError("CURVE needs actor keys.secret=<file.key_secret> and keys.server=<learner .key>")
@@ -162,8 +181,9 @@ class ActorSocket:
             self.sock.curve_secretkey = pair.secret
             self.sock.curve_publickey = pair.public
             self.sock.curve_serverkey = keys.load(server_key, secret=False).public
+            self.fingerprint = fingerprint(pair.public)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.auth_failed = False
+        self.auth_failed = self.accepted = False
         self.sock.connect(address)
 
     def _check_monitor(self) -> None:
@@ -173,10 +193,11 @@ class ActorSocket:
             event = recv_monitor_message(self.monitor)
             if event["event"] == self.zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 if not self.auth_failed:
-                    log.error("the learner rejected this actor's CURVE key: add its .key file to the learner's allow-list")
+                    log.error("the learner rejected this actor's CURVE key (fingerprint '%s'): add its .key file "
+                              "to the learner's allow-list", self.fingerprint)
                 self.auth_failed = True
             elif event["event"] == self.zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.auth_failed = False
+                self.auth_failed, self.accepted = False, True
 
     def recv(self, timeout_ms: int) -> list | None:
         self._check_monitor()

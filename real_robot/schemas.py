@@ -1,0 +1,114 @@
+"""Schemas of ``embodied-learner`` and ``embodied-actor`` (see :mod:`embodied.schema`):
+types and ranges checked before a socket is bound or a robot is touched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from embodied.schema import num
+
+Fsync = Literal["batch", "interval", "never"]
+
+
+@dataclass
+class Spaces:
+    state_dim: int = num(ge=0)
+    action_dim: int = num(ge=1)
+    cameras: list[str] = field(default_factory=list)
+    image_size: int = num(ge=8)
+
+
+@dataclass
+class Bridge:
+    bind: str = ""
+    secret_key: str | None = None
+    allow_dir: str | None = None
+    insecure_loopback: bool = False
+    log_fsync: Fsync = "batch"
+    max_batch_messages: int = num(ge=1)
+
+
+@dataclass
+class LearnerTrain:
+    replay_capacity: int = num(ge=2)
+    offline_capacity: int = num(ge=2)
+    offline_ratio: float = num(ge=0, le=1)
+    n_step: int = num(ge=1)
+    gamma: float = num(gt=0, le=1)
+    learning_starts: int = num(ge=0)
+    utd_ratio: float = num(gt=0)
+    updates_per_pump: int = num(ge=1)
+    publish_every: int = num(ge=1)
+    threads: int = num(ge=1)
+    max_seconds: float = num(ge=0)
+
+
+@dataclass
+class LearnerCheckpoint:
+    every_seconds: float = num(gt=0)
+    learner_every_seconds: float = num(gt=0)
+    keep: int = num(ge=1)
+
+
+@dataclass
+class LearnerServerConfig:
+    """``embodied-learner`` (configs/learner_server.yaml)."""
+
+    seed: int = 0
+    run_dir: str = ""
+    demos: str | None = None
+    spaces: Spaces = field(default_factory=Spaces)
+    bridge: Bridge = field(default_factory=Bridge)
+    train: LearnerTrain = field(default_factory=LearnerTrain)
+    checkpoint: LearnerCheckpoint = field(default_factory=LearnerCheckpoint)
+
+
+@dataclass
+class Safety:
+    low: float = -1.0
+    high: float = 1.0
+    max_delta: float = num(gt=0)
+    watchdog_deadline: float = num(gt=0)
+    watchdog_period: float = num(gt=0)
+
+
+@dataclass
+class Link:
+    fsync: Fsync = "batch"
+    connect_timeout: float = num(ge=0)
+    heartbeat: float = num(gt=0)
+    learner_timeout: float = num(gt=0)
+    resend_after: float = num(gt=0)
+    shutdown_wait: float = num(ge=0)
+
+
+@dataclass
+class ActorConfig:
+    """``embodied-actor`` (configs/actor.yaml); ``loop`` is checked against :class:`LoopConfig`."""
+
+    actor_id: str = ""
+    connect: str = ""
+    seed: int = 0
+    insecure_loopback: bool = False
+    safety: Safety = field(default_factory=Safety)
+    link: Link = field(default_factory=Link)
+
+
+def check_learner_server_config(cfg) -> None:
+    from embodied.learners import check_learner_config
+    from embodied.schema import check
+
+    check(cfg, LearnerServerConfig)
+    check_learner_config(cfg.learner)
+
+
+def check_actor_config(cfg) -> None:
+    from embodied.build import to_dict
+    from embodied.schema import check
+    from real_robot.actor import LoopConfig
+
+    check(cfg, ActorConfig)
+    loop = to_dict(cfg.loop)
+    loop.pop("threads", None)
+    check(loop, LoopConfig, "loop.")
