@@ -255,8 +255,8 @@ def run(cfg) -> dict[str, Any]:
                                     train_eps[0]["instruction"], seed=int(cfg.seed))
     episodes = gather(int(cfg.seed))
     metrics, records = evaluate(model, episodes, float(cfg.success_threshold), str(cfg.normalize))
-    metrics["reward"] = name
-    metrics["oracle"] = use_oracle
+    metrics["reward"] = built.name
+    metrics["oracle"] = oracle is not None
     if fit:
         metrics["reward_fit"] = fit
     metrics["source"] = str(cfg.dataset_path or cfg.task)
@@ -266,7 +266,7 @@ def run(cfg) -> dict[str, Any]:
         (out / "plots").mkdir(exist_ok=True)
         for r in records[: int(cfg.plots)]:
             path = out / "plots" / f"episode_{r['episode']:03d}_{r['policy']}.png"
-            plot_episode(path, r, f"{name}: episode {r['episode']} ({r['policy']}), VOC {voc(r['pred']):+.2f}")
+            plot_episode(path, r, f"{built.name}: episode {r['episode']} ({r['policy']}), VOC {voc(r['pred']):+.2f}")
             plots.append(path)
     print(report(metrics))
     print(f"wrote {out / 'metrics.json'} and {len(plots)} plots")

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataset_helpers import robot_dataset
+
 from embodied import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,26 +107,6 @@ def test_a_task_config_does_not_impose_its_time_limit_on_another_task():
 
 
 # -- 4. offline RL from a dataset alone ------------------------------------------------------
-def robot_dataset(root: Path, episodes: int = 4, T: int = 12):
-    """Another lab's robot: 2-d state, one 32x32 camera, 3-d actions in its own units (0..100)."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    feats = {"observation.images.wrist": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channels"]},
-             "observation.state": {"dtype": "float32", "shape": (2,), "names": None},
-             "action": {"dtype": "float32", "shape": (3,), "names": None}}
-    ds = LeRobotDataset.create("lab/sorter", fps=10, features=feats, root=root, use_videos=True)
-    rng = np.random.default_rng(0)
-    for e in range(episodes):
-        for t in range(T):
-            img = np.zeros((32, 32, 3), np.uint8)
-            img[:, : (t + 1) * 32 // T] = 200
-            ds.add_frame({"observation.images.wrist": img, "observation.state": rng.normal(size=2).astype(np.float32),
-                          "action": rng.uniform(0, 100, 3).astype(np.float32), "task": "sort the red blocks"})
-        ds.save_episode()
-    ds.finalize()
-    return root
-
-
 def test_iql_from_a_labeled_dataset_of_an_unknown_embodiment_without_an_env(tmp_path):
     source = robot_dataset(tmp_path / "raw")
     labeled = tmp_path / "labeled"
