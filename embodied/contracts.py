@@ -18,15 +18,22 @@ Transition
     truth (``success``, ``progress``) for evaluation; learners never read it.
 Policy
     :class:`Policy`: ``act(obs_batch) -> (B, A)`` actions, or ``(B, K, A)`` chunks when
-    ``chunk_size > 1``. Its ``state_dict()`` is exactly what an actor loads.
+    ``chunk_size > 1``. Its ``state_dict()`` is exactly what an actor loads. Loops call
+    ``step(obs_batch, state) -> PolicyStep`` (actions plus optional log-prob, value, extras
+    and per-env state) and ``reset(env_ids)`` at episode boundaries; chunks are played by
+    one :class:`policies.chunking.ChunkExecutor` (a queue per env) in the Driver,
+    evaluation and the robot actor. :class:`PolicyBase` gives stateless policies both.
 RewardModel
     :class:`RewardModel`: labels frames (``granularity="frame"``), frame pairs
     (``"pair"``) or whole episodes (``"episode"``) given the task instruction; says
     whether it trains and whether it is slow enough to run asynchronously.
 Learner
-    :class:`Learner`: ``update(batch) -> {name: float}``; ``policy_weights()`` is what
-    ships to actors, apart from ``state_dict()`` (critics, targets, temperatures and
-    optimisers stay on the learner).
+    :class:`Learner`: ``update(batch) -> {name: float}``; ``losses(batch)`` returns the
+    named terms ``{"loss/<term>": tensor}`` and ``loss_owners()`` the parameters each one
+    may move; ``rows_per_update`` says how many replay rows one ``update`` takes and
+    ``prepare_offline(replay)`` runs before an offline phase (dataset statistics).
+    ``policy_weights()`` is what ships to actors, apart from ``state_dict()`` (critics,
+    targets, temperatures and optimisers stay on the learner).
 Checkpoint
     Everything stateful exposes ``state_dict()`` / ``load_state_dict()`` and is saved
     together through :mod:`embodied.checkpoint`, written atomically.
@@ -66,6 +73,10 @@ class Transition:
     step: int
     intervention: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # ground truth; learners never read it
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """What the policy step produced besides the action (``log_prob``, ``value``,
+    ``base_action``, action tokens): numeric arrays of a fixed shape per key, stored as
+    replay columns and carried by the bridge."""
 
     @property
     def done(self) -> bool:
@@ -88,6 +99,46 @@ class Policy(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
+
+    def step(self, obs: Obs, state: Any = None, deterministic: bool = False) -> "PolicyStep":
+        """One step for a batch of envs: actions (or chunks) plus what the learner keeps."""
+        ...
+
+    def reset(self, env_ids: Sequence[int] | None = None) -> None:
+        """Forget per-env state of ``env_ids`` (all when None): an episode ended there."""
+        ...
+
+
+@dataclass
+class PolicyStep:
+    """What :meth:`Policy.step` returns for a batch of ``B`` envs."""
+
+    action: np.ndarray  # (B, A) float32 in [-1, 1], or (B, K, A) action chunks
+    log_prob: np.ndarray | None = None  # (B,) log-probability of the sampled action (on-policy learners)
+    value: np.ndarray | None = None  # (B,) the policy's value estimate, when it has a value head
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # (B, ...) per key: base actions, tokens
+    state: Any = None  # per-env recurrent state, passed back on the next step
+
+    def per_env(self, i: int) -> dict[str, np.ndarray]:
+        """Env ``i``'s part for :attr:`Transition.extras` (log_prob and value included)."""
+        out = {k: np.asarray(v[i]) for k, v in self.extras.items()}
+        for key in ("log_prob", "value"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = np.asarray(value[i], np.float32)
+        return out
+
+
+class PolicyBase:
+    """``step`` and ``reset`` for a stateless policy that implements ``act``."""
+
+    chunk_size: int = 1
+
+    def step(self, obs: Obs, state: Any = None, deterministic: bool = False) -> PolicyStep:
+        return PolicyStep(np.asarray(self.act(obs, deterministic=deterministic), np.float32))
+
+    def reset(self, env_ids: Sequence[int] | None = None) -> None:
+        return None
 
 
 @dataclass
@@ -150,6 +201,26 @@ class RewardModel(abc.ABC):
         return None
 
 
+class TrainableReward(RewardModel):
+    """A reward fitted during the run from preference labels (RL-VLM-F): ``trainable = True``.
+
+    Online, the labeler calls :meth:`feedback_round` on its replay every
+    ``reward.feedback_every`` env steps; offline, ``embodied-label`` calls
+    :meth:`fit_on_episodes` once on the dataset's episodes before labeling.
+    """
+
+    trainable = True
+
+    @abc.abstractmethod
+    def feedback_round(self, replay, num_queries: int) -> dict[str, float]:
+        """Sample ``num_queries`` pairs from ``replay``, label them, retrain, relabel the replay."""
+
+    @abc.abstractmethod
+    def fit_on_episodes(self, episodes: Sequence[np.ndarray], num_pairs: int, instruction: str,
+                        seed: int = 0) -> dict[str, float]:
+        """Label ``num_pairs`` frame pairs drawn from two different episodes, fit the reward."""
+
+
 def check_frames(frames: np.ndarray, what: str = "frames") -> None:
     """One-line errors for images of the wrong shape or type."""
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -183,9 +254,29 @@ class Batch:
 class Learner(abc.ABC):
     """Trains from batches; the policy it exports is all an actor needs."""
 
+    device: Any = "cpu"  # torch device of its networks; batches are sampled onto it
+
+    @property
+    def rows_per_update(self) -> int:
+        """Replay rows one :meth:`update` call takes (learners with an update-to-data ratio
+        above 1 take ``batch_size * utd`` and say so by overriding this)."""
+        return int(self.cfg.batch_size)
+
+    def prepare_offline(self, replay) -> None:
+        """Called once with the offline replay before training on it (e.g. state statistics)."""
+        return None
+
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step (or several, for update-to-data > 1) -> named metrics."""
+
+    @abc.abstractmethod
+    def losses(self, batch: Batch) -> dict[str, Any]:
+        """The named loss terms ``{"loss/<term>": scalar tensor}`` on ``batch`` (no step taken)."""
+
+    @abc.abstractmethod
+    def loss_owners(self) -> dict[str, list]:
+        """``{"loss/<term>": [modules or parameters]}``: what each term may move, and nothing else."""
 
     @abc.abstractmethod
     def policy(self) -> Policy:
