@@ -110,3 +110,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
         flat.update({k.replace("|", SEP): arrays[k] for k in arrays.files})
     return _join(flat)
+
+
+def optimizer_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A torch optimizer's state after a checkpoint round trip: its per-parameter keys are
+    stored as strings, torch matches parameters by int."""
+    return {**state, "state": {int(k): v for k, v in dict(state.get("state", {})).items()}}

@@ -83,9 +83,9 @@ class Trainer:
                                        gamma=cfg.train.gamma, seed=cfg.seed, bounds=self.action_bounds)
             self.replay = MixedReplay(self.online, self.offline, offline_ratio=cfg.train.offline_ratio)
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
-        self.sample_rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
-        if self.offline is not None and "state" in self.offline.obs and hasattr(self.learner, "fit_normalizer"):
-            self.learner.fit_normalizer(self.offline.obs["state"][:len(self.offline)])
+        self.sample_rows = self.learner.rows_per_update
+        if self.offline is not None:
+            self.learner.prepare_offline(self.offline)
         self.labeler = make_labeler(self.online, self.reward, camera)
         self.recorder = None
         if cfg.train.get("record_dataset"):
@@ -164,7 +164,7 @@ class Trainer:
         return self.learner.policy().act(obs, deterministic=False)
 
     def _update(self) -> dict[str, float]:
-        batch = self.replay.sample_torch(self.sample_rows, device=self.cfg.device)
+        batch = self.replay.sample_torch(self.sample_rows, device=self.learner.device)
         self.counters["updates"] += 1
         return self.learner.update(batch)
 
@@ -183,7 +183,7 @@ class Trainer:
                 raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
             bar = tqdm(total=cfg.train.offline_updates, initial=self.counters["offline_updates"], desc="offline", unit="upd")
             while self.counters["offline_updates"] < cfg.train.offline_updates:
-                metrics = self.learner.update(self.offline.sample_torch(self.sample_rows, device=cfg.device))
+                metrics = self.learner.update(self.offline.sample_torch(self.sample_rows, device=self.learner.device))
                 self.counters["offline_updates"] += 1
                 bar.update(1)
                 n = self.counters["offline_updates"]

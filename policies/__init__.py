@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 REGISTRY: dict[str, str] = {
     "gaussian_actor": "policies.actor:GaussianActor",
-    "iql_actor": "embodied.learners.iql:IQLPolicy",
+    "iql_actor": "policies.iql:IQLPolicy",
 }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embodied.contracts import PolicyBase
 from policies.encoders import ObsEncoder
 
 
@@ -28,7 +29,7 @@ def mlp(sizes: list[int], layer_norm: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class GaussianActor(nn.Module):
+class GaussianActor(PolicyBase, nn.Module):
     """``a = tanh(mean + std * eps)``; ``log_std`` squashed smoothly into
     ``[log_std_min, log_std_max]``. Implements :class:`embodied.Policy`."""
 

@@ -116,7 +116,7 @@ class LearnerServer:
         lname = lcfg.pop("name")
         inputs = lcfg.pop("inputs", ["state"])
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
-        self.rows = self.learner.cfg.batch_size * getattr(self.learner.cfg, "utd", 1)
+        self.rows = self.learner.rows_per_update
         self.reward, camera = self._reward_model(cfg, obs_space)
         self.labelers = [make_labeler(r, self.reward, camera) for r in (self.online, self.offline)]
         self.log = Spool(self.dir / "log", fsync=cfg.bridge.log_fsync, segment_bytes=64 << 20)

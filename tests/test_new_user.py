@@ -118,7 +118,7 @@ def test_iql_from_a_labeled_dataset_of_an_unknown_embodiment_without_an_env(tmp_
                "log.every=20", f"run_dir={run}", "wandb.mode=disabled", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = strict_json((run / "result.json").read_text())
-    assert result["offline/updates"] == 60 and np.isfinite(result["offline/value_loss"])
+    assert result["offline/updates"] == 60 and np.isfinite(result["offline/loss/value"])
     bounds = json.loads((run / "action_bounds.json").read_text())  # the robot's units, mapped onto [-1, 1]
     assert all(0 <= lo < hi <= 100 for lo, hi in zip(bounds["low"], bounds["high"]))
     state = checkpoint.load(run / "checkpoints")

@@ -2,11 +2,11 @@
 
 Three named loss terms, each moving only its own networks:
 
-``value_loss``  expectile regression of V(s) toward min(Q1, Q2)(s, a) of the target critics:
+``loss/value``  expectile regression of V(s) toward min(Q1, Q2)(s, a) of the target critics:
                 ``|tau - 1(u < 0)| * u^2`` with ``u = Q_target - V``. Moves V.
-``q_loss``      twin-Q TD regression toward ``r + discount * V(s')`` (``discount`` already
+``loss/q``      twin-Q TD regression toward ``r + discount * V(s')`` (``discount`` already
                 holds ``gamma^k (1 - terminated)``). Moves Q1, Q2 and the pixel encoder.
-``actor_loss``  advantage-weighted regression: ``-exp(beta * A).clamp(max=100) * log pi(a|s)``
+``loss/actor``  advantage-weighted regression: ``-exp(beta * A).clamp(max=100) * log pi(a|s)``
                 with ``A = Q_target(s, a) - V(s)``. Moves the actor.
 
 V and the actor read the encoder's features detached, so pixels are learned through the
@@ -27,10 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from embodied.contracts import Batch, Learner, Obs
+from embodied.checkpoint import optimizer_state
+from embodied.contracts import Batch, Learner
 from embodied.learners.sac import EnsembleLinear
-from policies import register
+from policies.actor import mlp
 from policies.encoders import ObsEncoder, RandomShift
+from policies.iql import IQLPolicy
 
 
 @dataclass
@@ -63,14 +65,6 @@ class IQLConfig:
     """torch device of the networks."""
 
 
-def mlp(inp: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(inp, h), nn.ReLU()]
-        inp = h
-    return nn.Sequential(*layers, nn.Linear(inp, out))
-
-
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Mean of ``|tau - 1(u < 0)| * u^2`` over ``u = diff``."""
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
@@ -80,55 +74,6 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 def advantage_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
     """``exp(beta * A)`` capped at ``max_weight``."""
     return torch.exp(beta * adv).clamp(max=max_weight)
-
-
-class IQLPolicy(nn.Module):
-    """State normaliser + observation encoder + actor head: all an actor runs.
-
-    The mean is ``tanh(MLP)``; the Gaussian's std is state-independent and the log-
-    probability is taken of the dataset's actions directly (no tanh correction), as
-    in CORL. ``act`` returns the mean (deterministic) or a clipped sample.
-    """
-
-    chunk_size = 1
-    kind = "iql_actor"
-
-    def __init__(self, action_dim: int, state_dim: int = 0, cameras: Mapping[str, Any] | None = None,
-                 hidden: tuple[int, ...] = (256, 256), feature_dim: int = 50, channels: int = 32,
-                 deterministic: bool = False):
-        super().__init__()
-        self.config = {"action_dim": int(action_dim), "state_dim": int(state_dim),
-                       "cameras": {k: [int(s) for s in v] for k, v in (cameras or {}).items()},
-                       "hidden": [int(h) for h in hidden], "feature_dim": int(feature_dim),
-                       "channels": int(channels), "deterministic": bool(deterministic)}
-        self.register_buffer("state_mean", torch.zeros(state_dim))
-        self.register_buffer("state_std", torch.ones(state_dim))
-        self.encoder = ObsEncoder(state_dim, cameras, feature_dim, channels)
-        self.net = mlp(self.encoder.out_dim, tuple(hidden), action_dim)
-        self.log_std = None if deterministic else nn.Parameter(torch.zeros(action_dim))
-
-    def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, **copy.deepcopy(self.config)}
-
-    def normalize(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        out = dict(obs)
-        if self.encoder.state_dim:
-            out["state"] = (obs["state"].float() - self.state_mean) / self.state_std
-        return out
-
-    def dist_params(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mean = torch.tanh(self.net(feats))
-        std = None if self.log_std is None else self.log_std.clamp(-20.0, 2.0).exp().expand_as(mean)
-        return mean, std
-
-    @torch.no_grad()
-    def act(self, obs: Obs, deterministic: bool = False) -> np.ndarray:
-        """Batch of numpy observations -> (B, A) float32 actions in [-1, 1]."""
-        tensors = self.encoder.numpy_to_tensors(obs, self.state_mean.device)
-        mean, std = self.dist_params(self.encoder(self.normalize(tensors)))
-        if not (deterministic or std is None):
-            mean = mean + std * torch.randn_like(mean)
-        return mean.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
 
 
 class IQL(Learner):
@@ -149,7 +94,7 @@ class IQL(Learner):
         self.encoder = copy.deepcopy(self.actor.encoder)
         feat = self.encoder.out_dim
         self.q = TwinQ(feat + self.action_dim, cfg.hidden).to(self.device)
-        self.v = mlp(feat, cfg.hidden, 1).to(self.device)
+        self.v = mlp([feat, *cfg.hidden, 1]).to(self.device)
         self.q_target = copy.deepcopy(nn.ModuleList([self.q, self.encoder]))
         self.q_target.requires_grad_(False)
         self._online = list(self.q.parameters()) + list(self.encoder.parameters())
@@ -165,10 +110,15 @@ class IQL(Learner):
         self.normalizer_fitted = not (cfg.normalize_state and state_dim)
 
     # -- networks -------------------------------------------------------------------------
-    def networks(self) -> dict[str, list[nn.Module]]:
+    def loss_owners(self) -> dict[str, list]:
         """The trainable networks each loss term may move."""
-        return {"value_loss": [self.v], "q_loss": [self.q, self.encoder], "actor_loss": [self.actor.net] + (
-            [_ParamHolder(self.actor.log_std)] if self.actor.log_std is not None else [])}
+        actor = [self.actor.net] + ([self.actor.log_std] if self.actor.log_std is not None else [])
+        return {"loss/value": [self.v], "loss/q": [self.q, self.encoder], "loss/actor": actor}
+
+    def prepare_offline(self, replay) -> None:
+        """State statistics of the whole offline dataset (CORL's normalisation)."""
+        if "state" in replay.obs:
+            self.fit_normalizer(replay.obs["state"][: len(replay)])
 
     def fit_normalizer(self, states: np.ndarray) -> None:
         """Normalise states with the mean/std of ``states`` (the dataset's), std floored at 1e-3."""
@@ -191,7 +141,7 @@ class IQL(Learner):
 
     # -- losses ---------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The three named terms plus diagnostics (tensors)."""
+        """The three named terms ``loss/value``, ``loss/q``, ``loss/actor`` plus diagnostics (tensors)."""
         cfg = self.cfg
         obs, next_obs = _to(batch.obs, self.device), _to(batch.next_obs, self.device)
         action = batch.action.to(self.device).float()
@@ -213,7 +163,7 @@ class IQL(Learner):
         else:
             per_sample = (0.5 * ((action - mean) / std).pow(2) + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
         actor_loss = (weights * per_sample).mean()
-        return {"value_loss": value_loss, "q_loss": q_loss, "actor_loss": actor_loss,
+        return {"loss/value": value_loss, "loss/q": q_loss, "loss/actor": actor_loss,
                 "v": v.mean().detach(), "q": q[0].mean().detach(), "adv": adv.mean(), "weight": weights.mean()}
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -221,7 +171,7 @@ class IQL(Learner):
             self.fit_normalizer(batch.obs["state"].cpu().numpy())
         terms = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
-        (terms["value_loss"] + terms["q_loss"] + terms["actor_loss"]).backward()
+        (terms["loss/value"] + terms["loss/q"] + terms["loss/actor"]).backward()
         self.opt.step()
         self.steps += 1
         actor_group = self.opt.param_groups[2]
@@ -254,7 +204,7 @@ class IQL(Learner):
         self.v.load_state_dict(state["v"])
         self.q_target.load_state_dict(state["q_target"])
         self.encoder.load_state_dict(state["encoder"])
-        self.opt.load_state_dict(_optimizer_state(state["opt"]))
+        self.opt.load_state_dict(optimizer_state(state["opt"]))
         self.steps = int(state["steps"])
         self.normalizer_fitted = bool(state["normalizer_fitted"])
 
@@ -274,14 +224,6 @@ class TwinQ(nn.Module):
         return self.net(x.expand(2, *x.shape)).squeeze(-1)
 
 
-class _ParamHolder(nn.Module):
-    """Wraps a bare parameter so it can be listed with the networks."""
-
-    def __init__(self, p: nn.Parameter):
-        super().__init__()
-        self.p = p
-
-
 def _to(obs: Mapping[str, Any], device) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if obs.get("state") is not None:
@@ -289,12 +231,3 @@ def _to(obs: Mapping[str, Any], device) -> dict[str, Any]:
     if obs.get("pixels") is not None:
         out["pixels"] = {c: x.to(device) for c, x in obs["pixels"].items()}
     return out
-
-
-def _optimizer_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Optimizer state after a checkpoint round trip: per-parameter keys back to ints."""
-    return {"state": {int(k): v for k, v in dict(state.get("state", {})).items()},
-            "param_groups": state["param_groups"]}
-
-
-register(IQLPolicy.kind, "embodied.learners.iql:IQLPolicy")

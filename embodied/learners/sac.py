@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
+from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
 from policies.actor import GaussianActor
 from policies.encoders import ObsEncoder, RandomShift
@@ -222,6 +223,24 @@ class SAC(Learner):
         """Temperature steers the policy entropy towards target_entropy; moves log_alpha only."""
         return -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
 
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The three named terms on ``batch``, as :meth:`update` computes them (no step taken)."""
+        critic, _, features = self.critic_loss(batch)
+        actor, logp = self.actor_loss(batch.obs, features)
+        return {"loss/critic": critic, "loss/actor": actor, "loss/alpha": self.alpha_loss(logp)}
+
+    def loss_owners(self) -> dict[str, list]:
+        """Critic: the critics (+ their encoder when trained); actor: its head (+ its own encoder
+        when separate); alpha: the temperature."""
+        head = [p for n, p in self.actor.named_parameters()
+                if self.cfg.encoder == "separate" or not n.startswith("encoder.")]
+        return {"loss/critic": [self.critic] + ([self.encoder] if self.train_encoder else []),
+                "loss/actor": head, "loss/alpha": [self.log_alpha]}
+
+    @property
+    def rows_per_update(self) -> int:
+        return self.cfg.batch_size * self.cfg.utd
+
     # ------------------------------------------------------------------ update
     def _augment(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         if self.shift is None:
@@ -282,7 +301,7 @@ class SAC(Learner):
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         for name in ("actor_opt", "critic_opt", "alpha_opt"):
-            getattr(self, name).load_state_dict(_int_keys(state[name]))
+            getattr(self, name).load_state_dict(optimizer_state(state[name]))
         self.gen.set_state(state["rng"].cpu())
         self.updates = int(state["counters"]["updates"])
         self.critic_updates = int(state["counters"]["critic_updates"])
@@ -292,8 +311,3 @@ def _rows(obs: Mapping[str, Any], part: slice) -> dict[str, Any]:
     """Row slice of a (nested) observation dict of tensors; instruction lists pass through."""
     return {k: _rows(v, part) if isinstance(v, Mapping) else v[part] if torch.is_tensor(v) else v
             for k, v in obs.items()}
-
-
-def _int_keys(opt_state: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint stores optimiser state keys as strings; torch matches parameters by int."""
-    return {**opt_state, "state": {int(k): v for k, v in opt_state["state"].items()}}

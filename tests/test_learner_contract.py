@@ -1,0 +1,126 @@
+"""The learner contract, checked on every learner (beside the env contract test).
+
+A new learner joins with one line in ``LEARNERS``: its registry name and a small config.
+Each case runs from state and from pixels + state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import policies
+from embodied import checkpoint
+from embodied.contracts import Batch, PolicyStep
+from embodied.learners import make_learner
+
+LEARNERS = {
+    "sac": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8, "utd": 2},
+    "iql": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8},
+}
+CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)]
+IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]
+
+
+def obs_space(pixels: bool) -> spaces.Dict:
+    parts = {"state": spaces.Box(-np.inf, np.inf, (5,), np.float32)}
+    if pixels:
+        parts["pixels"] = spaces.Dict({"front": spaces.Box(0, 255, (32, 32, 3), np.uint8)})
+    return spaces.Dict(parts)
+
+
+def build(name: str, pixels: bool):
+    torch.manual_seed(0)
+    return make_learner(name, obs_space(pixels), spaces.Box(-1, 1, (2,), np.float32), **LEARNERS[name])
+
+
+def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator) -> dict:
+    obs = {"state": rng.normal(size=(rows, 5)).astype(np.float32)}
+    if pixels:
+        obs["pixels"] = {"front": rng.integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)}
+    return obs
+
+
+def batch(rows: int, pixels: bool, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+
+    def tensors(obs):
+        out = {"state": torch.as_tensor(obs["state"])}
+        if pixels:
+            out["pixels"] = {c: torch.as_tensor(x) for c, x in obs["pixels"].items()}
+        return out
+
+    return Batch(obs=tensors(numpy_obs(rows, pixels, rng)), action=torch.as_tensor(rng.uniform(-1, 1, (rows, 2)),
+                 dtype=torch.float32), reward=torch.as_tensor(rng.normal(size=rows), dtype=torch.float32),
+                 discount=torch.full((rows,), 0.99), next_obs=tensors(numpy_obs(rows, pixels, rng)))
+
+
+def params(owners) -> dict[int, torch.Tensor]:
+    out = {}
+    for item in owners:
+        for p in (item.parameters() if isinstance(item, torch.nn.Module) else [item]):
+            out[id(p)] = p
+    return out
+
+
+def every_parameter(learner) -> dict[int, torch.Tensor]:
+    """Every tensor of the learner that can receive a gradient (modules and bare tensors)."""
+    found = {}
+    for value in vars(learner).values():
+        if isinstance(value, torch.nn.Module):
+            found.update({id(p): p for p in value.parameters()})
+        elif isinstance(value, torch.Tensor) and value.requires_grad and value.is_leaf:
+            found[id(value)] = value
+    return found
+
+
+@pytest.mark.parametrize("name, pixels", CASES, ids=IDS)
+def test_each_named_loss_term_moves_only_its_own_parameters(name, pixels):
+    learner = build(name, pixels)
+    metrics = learner.update(batch(learner.rows_per_update, pixels))  # off the init: advantages not all 0
+    owners = learner.loss_owners()
+    terms = learner.losses(batch(8, pixels, seed=1))
+    assert {k for k in terms if k.startswith("loss/")} == set(owners), (sorted(terms), sorted(owners))
+    assert set(owners) <= set(metrics), "update() reports every loss term under its name"
+    everything = every_parameter(learner)
+    for term in owners:
+        terms = learner.losses(batch(8, pixels, seed=1))
+        for p in everything.values():
+            p.grad = None
+        terms[term].backward()
+        moved = {i for i, p in everything.items() if p.grad is not None and p.grad.abs().sum() > 0}
+        own = set(params(owners[term]))
+        assert moved and moved <= own, f"{term} moved {len(moved - own)} parameters it does not own"
+
+
+@pytest.mark.parametrize("name, pixels", CASES, ids=IDS)
+def test_state_dict_round_trip_through_a_checkpoint_resumes_identically(name, pixels, tmp_path):
+    a = build(name, pixels)
+    for seed in range(2):
+        a.update(batch(a.rows_per_update, pixels, seed))
+    checkpoint.save(tmp_path, 0, {"learner": a.state_dict()})
+    b = build(name, pixels)
+    b.load_state_dict(checkpoint.load(tmp_path)["learner"])
+    next_batch = batch(a.rows_per_update, pixels, seed=7)
+    torch.manual_seed(3)
+    ma = a.update(next_batch)
+    torch.manual_seed(3)
+    mb = b.update(next_batch)
+    assert ma == pytest.approx(mb, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("name, pixels", CASES, ids=IDS)
+def test_policy_weights_load_into_a_policy_rebuilt_from_its_spec(name, pixels):
+    learner = build(name, pixels)
+    learner.update(batch(learner.rows_per_update, pixels))
+    remote = policies.from_spec(learner.policy().spec())
+    remote.load_state_dict(learner.policy_weights())
+    obs = numpy_obs(4, pixels, np.random.default_rng(5))
+    want = learner.policy().act(obs, deterministic=True)
+    np.testing.assert_allclose(remote.act(obs, deterministic=True), want, rtol=1e-6, atol=1e-6)
+    step = remote.step(obs, deterministic=True)
+    assert isinstance(step, PolicyStep) and step.action.shape == (4, 2) and step.action.dtype == np.float32
+    remote.reset([0, 2])  # stateless policies accept a per-env reset
+    assert learner.rows_per_update >= LEARNERS[name]["batch_size"]
