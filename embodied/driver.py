@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embodied.contracts import Transition
+from embodied.contracts import PolicyStep, Transition
 
 TransitionFn = Callable[[Transition, int], None]  # (transition, env index)
 EpisodeFn = Callable[[dict[str, Any], int], None]  # (episode summary, env index)
@@ -46,7 +46,13 @@ def _info_at(info: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 class Driver:
-    """Runs ``policy_fn(obs_batch) -> actions`` in a SAME_STEP-autoreset vector env."""
+    """Runs ``policy_fn(obs_batch)`` in a SAME_STEP-autoreset vector env.
+
+    ``policy_fn`` returns ``(B, A)`` actions or a :class:`~embodied.contracts.PolicyStep`
+    (whose log-prob, value and extras become each transition's ``extras``); when it has a
+    ``reset(env_ids)`` (a :class:`policies.chunking.ChunkExecutor`) it is called for every
+    env whose episode ended, truncations included. Chunked policies run through the executor.
+    """
 
     def __init__(self, venv, episode_offset: int = 0):
         self.venv = venv
@@ -82,7 +88,12 @@ class Driver:
         """One step of every env; returns the number of transitions produced."""
         if self.obs is None:
             self.reset()
-        actions = np.asarray(policy_fn(self.obs), np.float32)
+        out = policy_fn(self.obs)
+        step = out if isinstance(out, PolicyStep) else PolicyStep(np.asarray(out, np.float32))
+        actions = np.asarray(step.action, np.float32)
+        if actions.ndim != 2:
+            raise ValueError(f"the Driver steps (num_envs, action_dim) actions, got {actions.shape}: "
+                             "run a chunked policy through policies.chunking.ChunkExecutor")
         intervention = np.zeros(self.num_envs, bool)
         if intervene_fn is not None:
             actions, intervention = intervene_fn(self.obs, actions)
@@ -90,6 +101,7 @@ class Driver:
         next_obs, reward, terminated, truncated, info = self.venv.step(actions)
         final_obs = info.get("final_obs")
         final_info = info.get("final_info", {})
+        ended = []
         for i in range(self.num_envs):
             done = bool(terminated[i] or truncated[i])
             nxt = final_obs[i] if done else unbatch(next_obs, i)
@@ -99,6 +111,7 @@ class Driver:
                 terminated=bool(terminated[i]), truncated=bool(truncated[i]),
                 is_first=bool(self._step[i] == 0), episode_id=int(self._episode[i]),
                 step=int(self._step[i]), intervention=bool(intervention[i]), info=step_info,
+                extras=step.per_env(i),
             )
             self._return[i] += t.reward
             self._success[i] |= bool(step_info.get("success", False))
@@ -111,10 +124,13 @@ class Driver:
                            "progress": float(step_info.get("progress", np.nan))}
                 for fn in self._episode_fns:
                     fn(summary, i)
+                ended.append(i)
                 self._episode[i] = self._next_episode
                 self._next_episode += 1
                 self._step[i] = 0
                 self._return[i] = 0.0
                 self._success[i] = False
+        if ended and hasattr(policy_fn, "reset"):
+            policy_fn.reset(ended)  # no queued action or state crosses an episode boundary
         self.obs = next_obs
         return self.num_envs

@@ -23,23 +23,30 @@ def _batch(obs: dict[str, Any]) -> dict[str, Any]:
 def evaluate(policy, env, episodes: int, seed: int, video_path: str | Path | None = None,
              video_episodes: int = 2, fps: int = 20, deterministic: bool = True,
              policy_fn: Callable | None = None) -> dict[str, float]:
-    """Run ``episodes`` episodes of ``policy`` in ``env`` (one env, seeded per episode)."""
-    act = policy_fn or (lambda o: policy.act(o, deterministic=deterministic))
+    """Run ``episodes`` episodes of ``policy`` in ``env`` (one env, seeded per episode).
+
+    Chunked policies play their chunks open loop through the shared executor, cleared at
+    the start of every episode.
+    """
     from envs.wrappers import VideoRecorder
+    from policies.chunking import ChunkExecutor
+
+    executor = ChunkExecutor(policy, 1) if policy_fn is None else None
+    act = policy_fn or (lambda o: executor.act(o, deterministic=deterministic))
 
     returns, successes, progress, lengths = [], [], [], []
     has_success = False  # a task without a success signal reports success as undefined (null)
     video = VideoRecorder(video_path, fps=fps) if video_path is not None else None
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
+        if executor is not None:
+            executor.reset()
         done, ret, success, length = False, 0.0, False, 0
         record = video_path is not None and ep < video_episodes
         while not done:
             if record:
                 video.add(env.render())
             action = np.asarray(act(_batch(obs)), np.float32)
-            if action.ndim == 3:  # action chunk: execute the first action
-                action = action[:, 0]
             obs, reward, terminated, truncated, info = env.step(action[0])
             ret += float(reward)
             success |= bool(info.get("success", False))

@@ -21,6 +21,7 @@ from embodied.driver import Driver
 from embodied.evaluation import evaluate
 from embodied.build import build_reward, learner_kwargs, make_labeler, reward_camera
 from embodied.logging import Logger
+from policies.chunking import ChunkExecutor
 
 log = logging.getLogger("embodied")
 
@@ -96,6 +97,7 @@ class Trainer:
         self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
         self._recent: list[dict[str, Any]] = []
         self._offline_metrics: dict[str, float] = {}
+        self.executor: ChunkExecutor | None = None
 
     def _dataset_spaces(self, inputs: list[str]):
         """Spaces read from ``train.dataset`` when there is no env (``env=none``).
@@ -157,11 +159,18 @@ class Trainer:
                                keep=self.cfg.checkpoint.keep)
 
     # -- acting ---------------------------------------------------------------------------
-    def _act(self, obs: dict[str, Any]) -> np.ndarray:
+    def _acting(self):
+        """What acts now: uniform random actions during warm-up, then the learner's policy
+        through the chunk executor (one action queue per env, reset by the Driver)."""
         if self.counters["env_steps"] < self.cfg.train.warmup_steps:
-            shape = (self.venv.num_envs, *self.venv.single_action_space.shape)
-            return self.rng.uniform(-1, 1, shape).astype(np.float32)
-        return self.learner.policy().act(obs, deterministic=False)
+            return self._random
+        if self.executor is None:
+            self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
+        return self.executor
+
+    def _random(self, obs: dict[str, Any]) -> np.ndarray:
+        shape = (self.venv.num_envs, *self.venv.single_action_space.shape)
+        return self.rng.uniform(-1, 1, shape).astype(np.float32)
 
     def _update(self) -> dict[str, float]:
         batch = self.replay.sample_torch(self.sample_rows, device=self.learner.device)
@@ -203,7 +212,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         t0, s0 = time.time(), self.counters["env_steps"]
         while self.counters["env_steps"] < total:
-            n = self.driver.step(self._act)
+            n = self.driver.step(self._acting())
             prev = self.counters["env_steps"]
             self.counters["env_steps"] += n
             step = self.counters["env_steps"]

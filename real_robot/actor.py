@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from embodied.contracts import Transition
+from policies.chunking import ChunkExecutor
 from real_robot.safety import ActionLimits, Watchdog
 from real_robot.teleop import HumanInput
 
@@ -84,6 +85,7 @@ class Actor:
                        "estops": 0, "returns": 0, "transitions_submitted": 0}
         self._last_stats = 0.0
         self.episode_offset = 0
+        self.executor: ChunkExecutor | None = None  # plays the policy's action chunks
 
     # -- acting ---------------------------------------------------------------------------
     def _policy(self):
@@ -93,13 +95,15 @@ class Actor:
         policy = self._policy()
         if policy is None:
             return self.rng.uniform(-1, 1, self.env.action_space.shape).astype(np.float32)
+        if self.executor is None or self.executor.policy is not policy:  # new weights: a fresh queue
+            self.executor = ChunkExecutor(policy, 1)
         batch: dict[str, Any] = {"instruction": [obs.get("instruction", "")]}
         if "state" in obs:
             batch["state"] = obs["state"][None]
         if "pixels" in obs:
             batch["pixels"] = {c: v[None] for c, v in obs["pixels"].items()}
         t0 = time.perf_counter()
-        action = np.asarray(policy.act(batch, deterministic=deterministic), np.float32)[0]
+        action = self.executor.act(batch, deterministic=deterministic)[0]
         self.latency_ms.append(1e3 * (time.perf_counter() - t0))
         return action
 
@@ -117,6 +121,8 @@ class Actor:
             options = {"state": self.archive[self.rng.integers(len(self.archive))]}
             self.counts["returns"] += 1
         obs, info = self.env.reset(seed=int(self.rng.integers(2**31)), options=options)
+        if self.executor is not None:
+            self.executor.reset()  # queued chunk actions never cross an episode boundary
         self.limits.reset()
         if self.human is not None and hasattr(self.human, "new_episode"):
             self.human.new_episode()

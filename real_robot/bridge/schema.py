@@ -13,6 +13,8 @@ violation raises :class:`SchemaError` (a ``ValueError``) with a one-line reason.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -137,6 +139,9 @@ def _array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
 # ---------------------------------------------------------------- transitions batches
 
 
+EXTRA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 def pack_transitions(batch: Sequence[Transition], seq: int) -> list:
     """Transitions of one actor, in order -> frames of a ``transitions`` message.
 
@@ -166,6 +171,13 @@ def pack_transitions(batch: Sequence[Transition], seq: int) -> list:
         arrays[key] = np.array([getattr(t, key) for t in batch], bool)
     arrays["episode_id"] = np.array([t.episode_id for t in batch], np.int64)
     arrays["step"] = np.array([t.step for t in batch], np.int64)
+    keys = sorted(batch[0].extras) if n else []
+    if any(sorted(t.extras) != keys for t in batch):
+        raise ValueError(f"every transition of a batch must carry the same extras, the first has {keys}")
+    for key in keys:  # log_prob, value, base_action, action tokens: one (n, ...) array each
+        if not EXTRA_NAME.fullmatch(key):
+            raise ValueError(f"extras name {key!r} must be a short identifier")
+        arrays[f"extra/{key}"] = np.stack([np.asarray(t.extras[key]) for t in batch])
     info = [{k: _plain(v) for k, v in t.info.items()} for t in batch]
     instr = [r.get("instruction", "") for r in rows]
     return encode("transitions", {"seq": seq, "n": n, "instr": instr, "info": info}, arrays)
@@ -192,6 +204,10 @@ def unpack_transitions(msg: Message) -> list[Transition]:
             raise SchemaError(f"transitions array {key!r} has {a[key].shape[:1]} rows, expected {n}")
     if a["action"].ndim != 2 or a["action"].dtype != np.float32 or a["reward"].dtype != np.float32:
         raise SchemaError("transitions 'action' must be float32 (n, A) and 'reward' float32 (n,)")
+    extras = [k for k in a if k.startswith("extra/")]
+    for key in extras:
+        if not EXTRA_NAME.fullmatch(key[6:]) or a[key].shape[:1] != (n,) or a[key].dtype.kind not in "biuf":
+            raise SchemaError(f"transitions array {key!r} must be a numeric (n, ...) array with an identifier name")
     obs_keys = [k for k in a if k == "state" or k.startswith("pixels/")]
     rows = len(f["instr"])
     for key in obs_keys:
@@ -229,6 +245,7 @@ def unpack_transitions(msg: Message) -> list[Transition]:
             step=int(a["step"][i]),
             intervention=bool(a["intervention"][i]),
             info=dict(f["info"][i]),
+            extras={k[6:]: a[k][i] for k in extras},
         )
         for i in range(n)
     ]
