@@ -9,6 +9,11 @@ Three paths, chosen by the reward model's declaration:
   labeled on a worker thread; the env loop never waits. Transitions stay unlabeled, and
   so cannot be sampled, until their labels arrive.
 
+Copies (the learner server's RLPD half): ``add(t, copy_to=offline_replay)`` stores the
+transition in a second replay as well; the copy gets the label of the original from the
+same single query (an intervention is labeled once, however long the takeover lasts), and
+:meth:`relabel` rescores either replay after a trainable model retrained.
+
 Allowed staleness: while more than ``max_pending`` episodes wait for labels the learner
 pauses its updates (the env keeps running); the skipped updates are owed and made up
 once labels arrive, so the update-to-data ratio still holds over the run. An episode
@@ -53,6 +58,7 @@ class RewardLabeler:
         self._pending_frames: list[np.ndarray] = []
         self._episode_slots: dict[int, list[int]] = defaultdict(list)
         self._futures: dict[int, tuple[Future, list[int]]] = {}
+        self._copies: dict[int, tuple[Any, int, int]] = {}  # slot -> (other replay, its slot, episode id)
         self._pool = ThreadPoolExecutor(workers) if model is not None and model.asynchronous else None
         self._steps = 0
         self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
@@ -71,11 +77,17 @@ class RewardLabeler:
         return "async" if self.model.asynchronous else "inline"
 
     # -- per transition -------------------------------------------------------------
-    def add(self, t: Transition, env_index: int = 0) -> None:
+    def add(self, t: Transition, env_index: int = 0, copy_to=None) -> None:
+        """Store ``t`` (and a copy in ``copy_to``, labeled together with the original)."""
         if self.model is None:
             self.replay.add(t, labeled=True)
+            if copy_to is not None:
+                copy_to.add(t, labeled=True)
             return
         slot = int(self.replay.add(t, labeled=False))
+        self._copies.pop(slot, None)  # the slot's previous transition is gone
+        if copy_to is not None:
+            self._copies[slot] = (copy_to, int(copy_to.add(t, labeled=False)), t.episode_id)
         self._steps += 1
         if self.oracle is not None:
             self._tell_oracle(t)
@@ -113,6 +125,7 @@ class RewardLabeler:
             frames = np.stack([self._pending_frames[j] for j in idx])
             rewards[idx] = self.model.score_frames(frames, str(text))
         self.replay.set_rewards(slots, rewards * self.scale)
+        self._label_copies(slots, rewards * self.scale)
         self._pending_slots.clear()
         self._pending_instr.clear()
         self._pending_frames.clear()
@@ -132,11 +145,21 @@ class RewardLabeler:
         self.stats["feedback_rounds"] = env_step // self.feedback_every
         return {f"reward/{k}": float(v) for k, v in metrics.items()}
 
-    def relabel(self) -> None:
-        """Rescore every stored transition with the model as it is now (after it trained)."""
+    def _label_copies(self, slots, rewards: np.ndarray, episode_id: int | None = None) -> None:
+        for slot, reward in zip(np.asarray(slots).tolist(), np.asarray(rewards).tolist()):
+            copy = self._copies.get(slot)
+            if copy is None or (episode_id is not None and copy[2] != episode_id):
+                continue
+            other, other_slot, eid = self._copies.pop(slot)
+            other.set_rewards(np.array([other_slot]), np.array([reward], np.float32), episode_id=eid)
+
+    def relabel(self, replay=None) -> None:
+        """Rescore every transition of ``replay`` (default: the labeler's own) with the model as
+        it is now (after it trained)."""
         if self.mode != "inline":
             return
         self.flush()
+        replay = self.replay if replay is None else replay
 
         def score(batch: dict) -> np.ndarray:
             texts = np.asarray(batch["obs"].get("instruction") or [""] * len(batch["slot"]))
@@ -146,7 +169,7 @@ class RewardLabeler:
                 out[idx] = self.model.score_frames(batch["next_obs"]["pixels"][self.camera][idx], str(text))
             return out * self.scale
 
-        self.replay.relabel(score)
+        replay.relabel(score)
 
     # -- asynchronous episode models -----------------------------------------------------
     def _submit(self, episode_id: int, slots: list[int], instruction: str) -> None:
@@ -168,8 +191,9 @@ class RewardLabeler:
                 labels = EpisodeLabels.failed(len(slots), f"{type(exc).__name__}: {exc}")
             if labels.ok and len(labels.rewards) == len(slots):
                 # episode_id: a slot overwritten by a newer episode meanwhile is skipped
-                self.replay.set_rewards(np.asarray(slots), np.asarray(labels.rewards, np.float32) * self.scale,
-                                        episode_id=eid)
+                rewards = np.asarray(labels.rewards, np.float32) * self.scale
+                self.replay.set_rewards(np.asarray(slots), rewards, episode_id=eid)
+                self._label_copies(slots, rewards, eid)
                 self.stats["labeled_episodes"] += 1
             else:
                 self.stats["failed_episodes"] += 1

@@ -118,7 +118,8 @@ class LearnerServer:
         self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
         self.rows = self.learner.rows_per_update
         self.reward, camera = self._reward_model(cfg, obs_space)
-        self.labelers = [make_labeler(r, self.reward, camera) for r in (self.online, self.offline)]
+        # one labeler: interventions copied into the offline half share the original's label
+        self.labeler = make_labeler(self.online, self.reward, camera)
         self.log = Spool(self.dir / "log", fsync=cfg.bridge.log_fsync, segment_bytes=64 << 20)
         self.log_pos = Position(0, 0)
         self.dedup = Dedup()
@@ -158,9 +159,7 @@ class LearnerServer:
             self._check(t)
         for t in transitions:
             t.episode_id = self._episode_id(actor, t.episode_id)
-            self.labelers[0].add(t)
-            if t.intervention:
-                self.labelers[1].add(t)
+            self.labeler.add(t, copy_to=self.offline if t.intervention else None)
         self.counters["transitions"] += len(transitions)
         self.counters["batches"] += 1
 
@@ -181,8 +180,7 @@ class LearnerServer:
             self.learner.load_state_dict(state["learner"])
             self.online.load_state_dict(state["online"])
             self.offline.load_state_dict(state["offline"])
-            for lab, s in zip(self.labelers, state["labelers"].values()):
-                lab.load_state_dict(s)
+            self.labeler.load_state_dict(state["labeler"])
             self.dedup.load(state["bridge"]["dedup"])
             self.actors = json.loads(state["bridge"]["actors"])
             self.log_pos = Position(*[int(x) for x in state["bridge"]["log_pos"]])
@@ -299,7 +297,7 @@ class LearnerServer:
     def train(self, max_calls: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for _ in range(min(max_calls, self.owed_updates())):
-            if not all(lab.learner_may_update() for lab in self.labelers):
+            if not self.labeler.learner_may_update():
                 break
             try:
                 batch = self.replay.sample_torch(self.rows, device=self.learner.device)
@@ -317,32 +315,29 @@ class LearnerServer:
         The round samples and relabels the online replay; the offline half (interventions,
         demos) is then rescored with the retrained model too.
         """
-        metrics = self.labelers[0].maybe_feedback(self.counters["transitions"])
+        metrics = self.labeler.maybe_feedback(self.counters["transitions"])
         if metrics:
-            self.labelers[1].relabel()
-            log.info("reward feedback round %d: %s", self.labelers[0].stats["feedback_rounds"],
+            self.labeler.relabel(self.offline)
+            log.info("reward feedback round %d: %s", self.labeler.stats["feedback_rounds"],
                      {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()})
         return metrics
 
     def reward_stats(self) -> dict[str, Any]:
-        """Labeling counters of both halves: labeled / failed episodes, pending, feedback rounds."""
-        out: dict[str, Any] = {"name": self.reward.name, "feedback_rounds": self.labelers[0].stats["feedback_rounds"],
-                               "pending_episodes": sum(lab.pending for lab in self.labelers)}
-        for key in ("labeled_episodes", "failed_episodes"):
-            out[key] = sum(lab.stats[key] for lab in self.labelers)
+        """Labeling counters: labeled / failed episodes, feedback rounds, pending episodes."""
+        lab = self.labeler
+        out: dict[str, Any] = {"name": self.reward.name, **lab.stats, "pending_episodes": lab.pending}
         out["unlabeled_transitions"] = len(self.online) - self.online.num_labeled()
-        out["last_failures"] = [f for lab in self.labelers for f in lab.failed][-5:]
+        out["last_failures"] = lab.failed[-5:]
         return out
 
     # -- checkpoint -----------------------------------------------------------------------
     def save(self) -> Path:
-        for lab in self.labelers:
-            lab.flush()  # inline rewards of a partial chunk go into this checkpoint
+        self.labeler.flush()  # inline rewards of a partial chunk go into this checkpoint
         self.log.rotate()
         self.log_pos = self.log.end()
         state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
                  "offline": self.offline.state_dict(),
-                 "labelers": {str(i): lab.state_dict() for i, lab in enumerate(self.labelers)},
+                 "labeler": self.labeler.state_dict(),
                  "bridge": {"dedup": self.dedup.state(), "actors": json.dumps(self.actors),
                             "log_pos": np.array(self.log_pos, np.int64)},
                  "counters": dict(self.counters)}
@@ -382,8 +377,7 @@ class LearnerServer:
                 busy = self.owed_updates() > 0
                 self._pump(0 if busy else 20)
                 self.train(self.cfg.train.updates_per_pump)
-                for lab in self.labelers:
-                    lab.poll()
+                self.labeler.poll()
                 self.feedback()
                 now = time.monotonic()
                 if now - self._last_stats > 1.0:
@@ -397,8 +391,7 @@ class LearnerServer:
         finally:
             self.save()
             self.write_stats()
-            for lab in self.labelers:
-                lab.close(wait=False)
+            self.labeler.close(wait=False)
             self.log.close()
             self.sock.close()
 

@@ -68,28 +68,54 @@ class SlowVLM(RewardModel):
     asynchronous = True
     granularity = "episode"
 
+    def __init__(self):
+        self.queries = 0
+
     def label_episode(self, frames, instruction):
+        self.queries += 1
         time.sleep(0.2)
         return EpisodeLabels(np.linspace(0, 1, len(frames) - 1, dtype=np.float32))
+
+
+def wait_labels(server, replay, count):
+    for _ in range(100):
+        server.labeler.poll()
+        if replay.num_labeled() >= count:
+            return
+        time.sleep(0.05)
 
 
 def test_async_reward_labels_arrive_before_transitions_become_sampleable(tmp_path):
     cfg = config(tmp_path, "spaces.cameras=[image]", "train.learning_starts=5")
     server = LearnerServer(cfg, tmp_path)
     try:
-        server.labelers = [RewardLabeler(r, SlowVLM(), camera="image") for r in (server.online, server.offline)]
+        server.labeler = RewardLabeler(server.online, SlowVLM(), camera="image")
         server._ingest("a", message(episode(0, pixels=True, intervene=()), 0))
         assert server.online.num_labeled() == 0
         assert server.train(max_calls=10) == {}  # nothing sampleable yet: no update
-        for _ in range(50):
-            time.sleep(0.05)
-            server.labelers[0].poll()
-            if server.online.num_labeled():
-                break
+        wait_labels(server, server.online, 10)
         assert server.online.num_labeled() == 10
         np.testing.assert_allclose(server.online.reward[:10], np.linspace(0, 1, 10), atol=1e-6)
         server.train(max_calls=100)
         assert server.counters["updates"] == 10  # the debt of the wait is paid: one per transition
+    finally:
+        server.sock.close()
+
+
+@pytest.mark.parametrize("takeover", [range(0, 4), range(6, 10)], ids=["ends-early", "lasts-to-the-end"])
+def test_an_intervention_under_an_async_reward_is_labeled_exactly_once(tmp_path, takeover):
+    """The copy in the RLPD half gets the original's label from the one episode query."""
+    server = LearnerServer(config(tmp_path, "spaces.cameras=[image]"), tmp_path)
+    try:
+        vlm = SlowVLM()
+        server.labeler = RewardLabeler(server.online, vlm, camera="image")
+        server._ingest("a", message(episode(0, pixels=True, intervene=takeover), 0))
+        assert len(server.offline) == 4 and server.offline.num_labeled() == 0
+        wait_labels(server, server.offline, 4)
+        assert vlm.queries == 1  # one query for the episode, none for the copies
+        assert server.online.num_labeled() == 10 and server.offline.num_labeled() == 4
+        copies = server.offline.reward[:4]
+        np.testing.assert_allclose(copies, server.online.reward[list(takeover)], atol=1e-6)
     finally:
         server.sock.close()
 
