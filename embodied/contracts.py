@@ -249,6 +249,7 @@ class Batch:
     next_obs: dict[str, Any]
     is_offline: Any = None
     intervention: Any = None
+    extras: dict = field(default_factory=dict)
 
 
 class Learner(abc.ABC):

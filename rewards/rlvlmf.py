@@ -373,20 +373,9 @@ class RLVLMFReward(RewardModel):
     def sample_pairs(self, replay, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
         """Slot pairs (a, b): frames from two different episodes among the most recent ones
         (two frames of one episode when only one is stored)."""
-        size = len(replay)
-        ids = replay.episode_id[:size]
-        age = (replay.ptr - 1 - np.arange(size)) % replay.capacity  # 0 = newest slot
-        episodes = np.unique(ids[ids >= 0])
-        if len(episodes) == 0:
-            raise ValueError("the replay holds no episodes to sample preference pairs from")
-        newest = np.array([age[ids == e].min() for e in episodes])
-        recent = episodes[np.argsort(newest, kind="stable")[: self.recent_episodes]]
-        slots = {e: replay.episode_slots(e) for e in recent}
-        a, b = np.empty(num_pairs, np.int64), np.empty(num_pairs, np.int64)
-        for k in range(num_pairs):
-            ea, eb = self.rng.choice(recent, 2, replace=False) if len(recent) > 1 else (recent[0], recent[0])
-            a[k], b[k] = self.rng.choice(slots[ea]), self.rng.choice(slots[eb])
-        return a, b
+        from embodied.replay import recent_episode_pairs
+
+        return recent_episode_pairs(replay, num_pairs, self.recent_episodes, self.rng)
 
     def feedback_round(self, replay, num_queries: int) -> dict[str, float]:
         """Sample pairs, label them, retrain the ensemble, relabel the whole replay."""

@@ -1,13 +1,13 @@
-"""Replay: circular numpy storage where every observation is stored once.
+"""Replay storage: circular numpy columns where every observation is stored once.
 
 Layout
     Slot ``i`` holds one transition: its observation (``state`` float32, one uint8 array
-    per camera, an instruction id into a small vocabulary), action, reward, flags and
-    episode bookkeeping. ``next_obs`` is *not* stored: it is the observation of the slot
-    that holds the next step of the same episode (``_next[i]``), or, for the transition
-    that ends an episode (terminated or truncated), an entry in a small side store of
-    final observations. Pixels therefore cost about one uint8 frame per camera per
-    transition.
+    per camera, an instruction id into a small vocabulary), action, reward, flags,
+    episode bookkeeping and the policy's extras (one column per key). ``next_obs`` is
+    *not* stored: it is the observation of the slot that holds the next step of the same
+    episode (``next_slot[i]``), or, for the transition that ends an episode (terminated
+    or truncated), an entry in a small side store of final observations. Pixels therefore
+    cost about one uint8 frame per camera per transition.
 
 Episodes
     Transitions are linked by ``episode_id`` and ``step``, not by slot adjacency, so
@@ -19,12 +19,16 @@ Episodes
     Overwriting a slot unlinks it from its neighbours, so an observation is never paired
     with the next observation of another episode.
 
-n-step targets
-    A sample at slot ``i`` sums ``k <= n_step`` rewards along its episode: the sum stops
-    at a termination (``discount = 0``), at a time-limit truncation (``discount =
-    gamma**k``, bootstrapping from the final observation), or at the newest stored step
-    of a running episode. A slot may be sampled only when every reward in its window is
-    labeled (``add(..., labeled=False)`` then ``set_rewards`` or ``relabel``).
+Extras
+    :attr:`Transition.extras` (``log_prob``, ``value``, ``base_action``, tokens) are
+    columns of a fixed shape and dtype per key. The layout comes from the ``extras``
+    argument, ``{key: (shape, dtype)}``, or else from the first transition added; a
+    transition whose extras differ from it is refused.
+
+Reading
+    The storage only stores; samplers read it (:mod:`embodied.replay.nstep` for n-step
+    transitions, which :meth:`Replay.sample` uses, and the sequence and preference-pair
+    samplers beside it) through :meth:`has_next`, :meth:`obs_at` and :meth:`next_obs_at`.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from embodied.contracts import Batch, Transition
+from embodied.replay import state as replay_state
+from embodied.replay.nstep import NStepSampler, to_torch
 
-_NONE = -1
+NONE = -1  # "no slot" in the link columns
+ExtrasSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
 class Replay:
@@ -48,11 +55,13 @@ class Replay:
     transition is still stored, that transition stops being sampleable and a warning
     says to raise it. ``offline=True`` marks every row sampled from this replay with
     ``is_offline`` (demos, datasets); rows flagged ``intervention`` are marked too.
+    ``extras`` fixes the layout of :attr:`Transition.extras`, e.g.
+    ``{"log_prob": ((), np.float32), "base_action": ((A,), np.float32)}``.
     """
 
     def __init__(self, capacity: int, obs_space, action_space, *, n_step: int = 1,
                  gamma: float = 0.99, seed: int = 0, final_capacity: int | None = None,
-                 offline: bool = False):
+                 offline: bool = False, extras: Mapping[str, tuple] | None = None):
         if capacity < 2:
             raise ValueError(f"replay capacity must be >= 2, got {capacity}")
         if n_step < 1:
@@ -68,7 +77,12 @@ class Replay:
         self.state_dim = int(np.prod(spaces["state"].shape)) if self.has_state else 0
         self.frame_shapes = {c: tuple(spaces["pixels"][c].shape) for c in self.cameras}
         self.action_dim = int(np.prod(action_space.shape))
+        self._extras_arg: ExtrasSpec | None = None
+        if extras is not None:
+            self._extras_arg = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in extras.items()}
+        self.extras_spec: ExtrasSpec | None = self._extras_arg  # None until the first transition
         self._rng = np.random.default_rng(seed)
+        self.sampler = NStepSampler(self)  # what sample() draws with: n_step, gamma and rng of this replay
         self.vocab: list[str] = []
         self._vocab_ids: dict[str, int] = {}
         self._warned_final = False
@@ -93,12 +107,13 @@ class Replay:
         self.terminated = np.zeros(n, bool)
         self.truncated = np.zeros(n, bool)
         self.intervention = np.zeros(n, bool)
-        self.episode_id = np.full(n, _NONE, np.int64)
+        self.episode_id = np.full(n, NONE, np.int64)
         self.step = np.zeros(n, np.int64)
-        self.next_slot = np.full(n, _NONE, np.int64)  # slot of the next step of this episode
-        self.prev_slot = np.full(n, _NONE, np.int64)
-        self.final_idx = np.full(n, _NONE, np.int64)  # index into the final-obs side store
-        self.final_owner = np.full(self.final_capacity, _NONE, np.int64)
+        self.next_slot = np.full(n, NONE, np.int64)  # slot of the next step of this episode
+        self.prev_slot = np.full(n, NONE, np.int64)
+        self.final_idx = np.full(n, NONE, np.int64)  # index into the final-obs side store
+        self.final_owner = np.full(self.final_capacity, NONE, np.int64)
+        self.extras = {k: np.zeros((n, *shape), dtype) for k, (shape, dtype) in (self.extras_spec or {}).items()}
         self.ptr = self.size = self.final_ptr = 0
         self._open: dict[int, int] = {}  # episode_id -> slot of its newest step, while running
 
@@ -129,36 +144,56 @@ class Replay:
                 self.vocab.append(text)
             arrays["instruction"][i] = self._vocab_ids[text]
 
+    def _check_extras(self, extras: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Extras as arrays of this replay's layout (learned from the first transition)."""
+        arrays = {k: np.asarray(v) for k, v in extras.items()}
+        if self.extras_spec is None:
+            self.extras_spec = {k: (v.shape, v.dtype) for k, v in arrays.items()}
+            self.extras = {k: np.zeros((self.capacity, *v.shape), v.dtype) for k, v in arrays.items()}
+        differ = sorted(set(arrays) ^ set(self.extras_spec))
+        if differ:
+            raise ValueError(f"transition extras key {differ[0]!r} does not match this replay's extras "
+                             f"{sorted(self.extras_spec)}")
+        for key, (shape, dtype) in self.extras_spec.items():
+            if arrays[key].shape != shape or arrays[key].dtype != dtype:
+                raise ValueError(f"extras[{key!r}] must be {shape} {dtype}, got {arrays[key].shape} "
+                                 f"{arrays[key].dtype}")
+        return arrays
+
     def _release(self, i: int) -> None:
         """Unlink slot ``i`` before it is overwritten."""
         prev, nxt = self.prev_slot[i], self.next_slot[i]
-        if prev != _NONE and self.next_slot[prev] == i:
-            self.next_slot[prev] = _NONE
-        if nxt != _NONE and self.prev_slot[nxt] == i:
-            self.prev_slot[nxt] = _NONE
-        if self.final_idx[i] != _NONE:
-            self.final_owner[self.final_idx[i]] = _NONE
-        if self._open.get(int(self.episode_id[i])) == i:
-            del self._open[int(self.episode_id[i])]
-        self.next_slot[i] = self.prev_slot[i] = self.final_idx[i] = _NONE
+        if prev != NONE and self.next_slot[prev] == i:
+            self.next_slot[prev] = NONE
+        if nxt != NONE and self.prev_slot[nxt] == i:
+            self.prev_slot[nxt] = NONE
+        if self.final_idx[i] != NONE:
+            self.final_owner[self.final_idx[i]] = NONE
+        self.next_slot[i] = self.prev_slot[i] = self.final_idx[i] = NONE
+        ep = int(self.episode_id[i])
+        if self._open.get(ep) == i:
+            del self._open[ep]
 
     def add(self, t: Transition, *, labeled: bool = True) -> int:
-        """Store one transition; returns its slot."""
+        """Store one transition; returns its slot. ``labeled=False`` waits for a reward label."""
         action = np.asarray(t.action, np.float32).reshape(-1)
         if action.shape != (self.action_dim,):
             raise ValueError(f"action must have {self.action_dim} values, got shape {np.shape(t.action)}")
+        extras = self._check_extras(t.extras)
         i = self.ptr
         self._release(i)
         self._write_obs(self.obs, i, t.obs, "obs")
         self.action[i] = action
+        for key, value in extras.items():
+            self.extras[key][i] = value
         self.reward[i] = float(t.reward) if labeled else 0.0
         self.labeled[i] = labeled
         self.terminated[i], self.truncated[i] = bool(t.terminated), bool(t.truncated)
         self.intervention[i] = bool(t.intervention)
         ep = int(t.episode_id)
         self.episode_id[i], self.step[i] = ep, int(t.step)
-        prev = self._open.pop(ep, _NONE)
-        if prev != _NONE and not t.is_first and self.step[prev] == t.step - 1:
+        prev = self._open.pop(ep, NONE)
+        if prev != NONE and not t.is_first and self.step[prev] == t.step - 1:
             self.next_slot[prev], self.prev_slot[i] = i, prev
         if t.done:
             self._store_final(i, t.next_obs)
@@ -171,8 +206,8 @@ class Replay:
     def _store_final(self, i: int, next_obs: Mapping[str, Any]) -> None:
         f = self.final_ptr
         owner = self.final_owner[f]
-        if owner != _NONE:  # the side store wrapped while that episode end is still stored
-            self.final_idx[owner] = _NONE
+        if owner != NONE:  # the side store wrapped while that episode end is still stored
+            self.final_idx[owner] = NONE
             if not self._warned_final:
                 self._warned_final = True
                 warnings.warn(f"replay final-observation store ({self.final_capacity}) is full: the oldest "
@@ -215,18 +250,18 @@ class Replay:
         ``episode_id``, ``step``, ``terminated``, ``truncated``) and returns one reward
         per row. The newest step of a running episode keeps its old label.
         """
-        slots = np.flatnonzero(self._has_next(np.arange(self.size)))
+        slots = np.flatnonzero(self.has_next(np.arange(self.size)))
         for start in range(0, slots.size, batch_size):
             chunk = slots[start:start + batch_size]
-            batch = {"obs": self._gather(self.obs, chunk), "action": self.action[chunk],
-                     "next_obs": self._next_obs(chunk), "slot": chunk, "episode_id": self.episode_id[chunk],
-                     "step": self.step[chunk], "terminated": self.terminated[chunk],
-                     "truncated": self.truncated[chunk]}
+            batch = {"obs": self.obs_at(chunk), "action": self.action[chunk], "next_obs": self.next_obs_at(chunk),
+                     "slot": chunk, "episode_id": self.episode_id[chunk], "step": self.step[chunk],
+                     "terminated": self.terminated[chunk], "truncated": self.truncated[chunk]}
             self.set_rewards(chunk, np.asarray(fn(batch), np.float32))
 
     # ------------------------------------------------------------------ reading
-    def _has_next(self, slots: np.ndarray) -> np.ndarray:
-        return (self.next_slot[slots] != _NONE) | (self.final_idx[slots] != _NONE)
+    def has_next(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each slot's next observation is stored (next step or final observation)."""
+        return (self.next_slot[slots] != NONE) | (self.final_idx[slots] != NONE)
 
     def _structure(self, flat: dict) -> dict:
         """Flat storage columns -> {"state", "pixels": {cam}, "instruction": [str]}."""
@@ -239,12 +274,13 @@ class Replay:
             out["instruction"] = [self.vocab[j] for j in flat["instruction"]]
         return out
 
-    def _gather(self, arrays: dict, idx: np.ndarray) -> dict:
-        return self._structure({k: v[idx] for k, v in arrays.items()})
+    def obs_at(self, slots: np.ndarray) -> dict:
+        """The observations of ``slots`` as an observation batch."""
+        return self._structure({k: v[slots] for k, v in self.obs.items()})
 
-    def _next_obs(self, slots: np.ndarray) -> dict:
+    def next_obs_at(self, slots: np.ndarray) -> dict:
         """The observation after each slot's transition (from the next slot or the final store)."""
-        from_final = self.final_idx[slots] != _NONE
+        from_final = self.final_idx[slots] != NONE
         rows = np.flatnonzero(from_final)
         src = np.where(from_final, 0, self.next_slot[slots])
         flat = {}
@@ -252,6 +288,9 @@ class Replay:
             flat[key] = arr[src]
             flat[key][rows] = self.final[key][self.final_idx[slots[rows]]]
         return self._structure(flat)
+
+    def extras_at(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[slots] for k, v in self.extras.items()}
 
     def episode_slots(self, episode_id: int) -> np.ndarray:
         """Slots of one episode in step order (those still stored)."""
@@ -265,173 +304,21 @@ class Replay:
         slots = np.asarray(slots, np.int64).reshape(-1)
         if not next:
             return self.obs[f"pixels.{camera}"][slots]
-        if not self._has_next(slots).all():
+        if not self.has_next(slots).all():
             raise ValueError("some slots have no next observation yet (newest step of a running episode)")
-        return self._next_obs(slots)["pixels"][camera]
-
-    def _windows(self, slots: np.ndarray):
-        """n-step window of each slot -> (ok, reward sum, discount, slot whose next obs ends it)."""
-        ok = (slots < self.size) & self._has_next(slots)
-        ret = np.zeros(slots.size, np.float32)
-        disc = np.ones(slots.size, np.float32)
-        last = slots.copy()
-        cur, alive = slots.copy(), ok.copy()
-        for t in range(self.n_step):
-            ok &= ~alive | self.labeled[cur]
-            ret += np.where(alive, disc * self.reward[cur], 0.0).astype(np.float32)
-            disc = np.where(alive, disc * self.gamma, disc).astype(np.float32)
-            last = np.where(alive, cur, last)
-            ended = self.terminated[cur] | self.truncated[cur]
-            disc = np.where(alive & self.terminated[cur], 0.0, disc).astype(np.float32)
-            nxt = self.next_slot[cur]
-            alive &= ~ended & (nxt != _NONE)
-            cur = np.where(alive, nxt, cur)
-            alive &= self._has_next(cur)  # the newest step of a running episode ends the window
-        return ok, ret, disc, last
-
-    def _draw(self, batch_size: int) -> np.ndarray:
-        """Uniform slots among the sampleable ones (rejection sampling, exact fallback)."""
-        if self.size == 0:
-            raise ValueError("cannot sample from an empty replay")
-        chosen: list[np.ndarray] = []
-        need = batch_size
-        for _ in range(4):
-            cand = self._rng.integers(0, self.size, size=2 * need + 8)
-            cand = cand[self._windows(cand)[0]][:need]
-            chosen.append(cand)
-            need -= cand.size
-            if need == 0:
-                return np.concatenate(chosen)
-        pool = np.arange(self.size)
-        pool = pool[self._windows(pool)[0]]
-        if pool.size == 0:
-            raise ValueError("no sampleable transitions: none is labeled with a known next observation")
-        chosen.append(self._rng.choice(pool, size=need))
-        return np.concatenate(chosen)
+        return self.next_obs_at(slots)["pixels"][camera]
 
     def sample(self, batch_size: int) -> dict:
-        """A numpy batch of ``batch_size`` rows drawn uniformly from the sampleable slots."""
-        slots = self._draw(batch_size)
-        _, ret, disc, last = self._windows(slots)
-        return {"obs": self._gather(self.obs, slots), "action": self.action[slots], "reward": ret,
-                "discount": disc, "next_obs": self._next_obs(last),
-                "is_offline": self.intervention[slots] | self.offline,
-                "intervention": self.intervention[slots].copy(), "slot": slots}
+        """A numpy batch of n-step transitions (:class:`embodied.replay.NStepSampler`)."""
+        return self.sampler.sample(batch_size)
 
     def sample_torch(self, batch_size: int, device="cpu") -> Batch:
         return to_torch(self.sample(batch_size), device)
 
     # ------------------------------------------------------------------ checkpoint
-    _PER_SLOT = ("action", "reward", "labeled", "terminated", "truncated", "intervention", "episode_id",
-                 "step", "next_slot", "prev_slot", "final_idx")
-
     def state_dict(self) -> dict:
-        n, nf = self.size, self.final_capacity
-        rng = self._rng.bit_generator.state
-        words = [rng["state"]["state"], rng["state"]["inc"]]
-        return {
-            "meta": np.array([self.capacity, self.final_capacity, self.n_step, self.ptr, self.size,
-                              self.final_ptr, rng["has_uint32"], rng["uinteger"]], np.int64),
-            "gamma": np.array(self.gamma, np.float64),
-            "rng": np.array([(w >> s) & 0xFFFFFFFFFFFFFFFF for w in words for s in (64, 0)], np.uint64),
-            "vocab": np.array(self.vocab, dtype=np.str_) if self.vocab else np.zeros(0, "<U1"),
-            "open": np.array(sorted(self._open.items()), np.int64).reshape(-1, 2),
-            "slots": {k: getattr(self, k)[:n] for k in self._PER_SLOT},
-            "obs": {k: v[:n] for k, v in self.obs.items()},
-            "final": {k: v[:nf] for k, v in self.final.items()},
-            "final_owner": self.final_owner,
-        }
+        """Plain numpy arrays, no pickle (:mod:`embodied.replay.state`)."""
+        return replay_state.state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        meta = [int(x) for x in np.asarray(state["meta"])]
-        if meta[0] != self.capacity or meta[1] != self.final_capacity or meta[2] != self.n_step:
-            raise ValueError(f"replay state has capacity/final_capacity/n_step {meta[:3]}, this replay "
-                             f"{[self.capacity, self.final_capacity, self.n_step]}: build it with the same sizes")
-        self._alloc()
-        self.ptr, self.size, self.final_ptr = meta[3:6]
-        self.gamma = float(state["gamma"])
-        n = self.size
-        for key in self._PER_SLOT:
-            getattr(self, key)[:n] = state["slots"][key]
-        for key, arr in self.obs.items():
-            if key not in state["obs"]:
-                raise ValueError(f"replay state lacks observation array {key!r}: observation spaces differ")
-            arr[:n] = state["obs"][key]
-        for key, arr in self.final.items():
-            arr[:] = state["final"][key]
-        self.final_owner[:] = state["final_owner"]
-        self.vocab = [str(s) for s in state["vocab"]]
-        self._vocab_ids = {s: i for i, s in enumerate(self.vocab)}
-        self._open = {int(e): int(s) for e, s in np.asarray(state["open"])}
-        w = [int(x) for x in np.asarray(state["rng"], np.uint64)]
-        self._rng.bit_generator.state = {
-            "bit_generator": "PCG64", "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
-            "has_uint32": meta[6], "uinteger": meta[7]}
-
-
-class MixedReplay:
-    """RLPD-style sampling: ``offline_ratio`` of each batch from ``offline``, the rest from
-    ``online``; when one side has nothing labeled, every row comes from the other."""
-
-    def __init__(self, online: Replay, offline: Replay, offline_ratio: float = 0.5):
-        if not 0.0 <= offline_ratio <= 1.0:
-            raise ValueError(f"offline_ratio must be in [0, 1], got {offline_ratio}")
-        self.online, self.offline, self.offline_ratio = online, offline, float(offline_ratio)
-
-    def __len__(self) -> int:
-        return len(self.online) + len(self.offline)
-
-    def num_labeled(self) -> int:
-        return self.online.num_labeled() + self.offline.num_labeled()
-
-    def sample(self, batch_size: int) -> dict:
-        n_off = int(round(batch_size * self.offline_ratio))
-        if self.offline.num_labeled() == 0:
-            n_off = 0
-        elif self.online.num_labeled() == 0:
-            n_off = batch_size
-        parts = []
-        if batch_size - n_off:
-            parts.append(self.online.sample(batch_size - n_off))
-        if n_off:
-            part = self.offline.sample(n_off)
-            part["is_offline"] = np.ones(n_off, bool)
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else _concat(parts)
-
-    def sample_torch(self, batch_size: int, device="cpu") -> Batch:
-        return to_torch(self.sample(batch_size), device)
-
-    def state_dict(self) -> dict:
-        return {"online": self.online.state_dict(), "offline": self.offline.state_dict(),
-                "offline_ratio": np.array(self.offline_ratio)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.online.load_state_dict(state["online"])
-        self.offline.load_state_dict(state["offline"])
-        self.offline_ratio = float(state["offline_ratio"])
-
-
-def _concat(parts: list) -> Any:
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: _concat([p[k] for p in parts]) for k in first}
-    if isinstance(first, list):
-        return [x for p in parts for x in p]
-    return np.concatenate(parts)
-
-
-def to_torch(batch: dict, device="cpu") -> Batch:
-    """numpy batch -> :class:`embodied.Batch` of tensors on ``device`` (pixels stay uint8)."""
-    import torch
-
-    def conv(x):
-        if isinstance(x, dict):
-            return {k: conv(v) for k, v in x.items()}
-        if isinstance(x, np.ndarray):
-            return torch.as_tensor(x, device=device)
-        return x  # instruction strings stay a list
-
-    return Batch(obs=conv(batch["obs"]), action=conv(batch["action"]), reward=conv(batch["reward"]),
-                 discount=conv(batch["discount"]), next_obs=conv(batch["next_obs"]),
-                 is_offline=conv(batch.get("is_offline")), intervention=conv(batch.get("intervention")))
+        replay_state.load_state_dict(self, state)
