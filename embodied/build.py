@@ -1,9 +1,11 @@
 """The composition root: config sections turn into objects here, for every entry point.
 
 ``embodied-train``, ``embodied-learner``, ``embodied-label`` and ``embodied-eval-reward``
-all build their reward module through :func:`build_reward`, so a reward config means
-the same thing wherever it is used: the keys the training loop reads (``LOOP_KEYS``)
-go to the :class:`~embodied.labeling.RewardLabeler`, the rest to the module.
+build their reward module through :func:`build_reward`, so a reward config means the same
+thing wherever it is used: the keys the training loop reads (``LOOP_KEYS``) go to the
+:class:`~embodied.labeling.RewardLabeler`, the rest to the module. ``embodied-train`` and
+``embodied-learner`` build their replays with :func:`build_replays` and their learner with
+:func:`build_learner`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class RewardBuild:
         """The scripted ground-truth oracle inside the module when ``oracle=true``, else None."""
         if not self.labeler.get("oracle") or self.model is None:
             return None
-        from rewards import find_oracle
+        from rewards.oracle import find_oracle
 
         return find_oracle(self.model)
 
@@ -70,10 +72,77 @@ def reward_camera(model: Any, cameras: list[str], where: str) -> str:
 
 
 def make_labeler(replay, built: RewardBuild, camera: str | None):
-    """A :class:`~embodied.labeling.RewardLabeler` for ``replay`` driven as the config says."""
+    """A :class:`~embodied.labeling.RewardLabeler` for ``replay`` driven as the config says;
+    ``reward.oracle=true`` adds the tap that feeds the scripted oracle the sim's truth."""
     from embodied.labeling import RewardLabeler
 
-    return RewardLabeler(replay, built.model, camera=camera, **built.labeler)
+    kw = {k: v for k, v in built.labeler.items() if k != "oracle"}
+    taps = []
+    if built.oracle is not None:
+        from rewards.oracle import OracleFeed
+
+        taps.append(OracleFeed(built.oracle, camera))
+    return RewardLabeler(replay, built.model, camera=camera, taps=taps, **kw)
+
+
+def learner_space(obs_space, inputs):
+    """The part of the observation space the learner reads (``learner.inputs``)."""
+    import gymnasium as gym
+
+    missing = [k for k in inputs if k not in obs_space.spaces]
+    if missing:
+        raise ValueError(f"learner.inputs asks for {missing} but the env observes only "
+                         f"{sorted(obs_space.spaces)}; set env.pixels=true or change learner.inputs")
+    return gym.spaces.Dict({k: obs_space[k] for k in inputs})
+
+
+def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, offline=None):
+    """``learner:`` config -> a :class:`~embodied.contracts.Learner` on the spaces it reads;
+    ``offline`` (a replay) is shown to it once before training (``prepare_offline``)."""
+    from embodied.learners import make_learner
+
+    name, inputs, kw = learner_kwargs(cfg, device)
+    learner = make_learner(name, learner_space(obs_space, inputs), action_space, **kw)
+    if offline is not None and len(offline):
+        learner.prepare_offline(offline)
+    return learner
+
+
+@dataclass
+class Replays:
+    """The online replay, the offline (RLPD) half when there is one, and what is sampled:
+    the online replay alone, or a mix taking ``offline_ratio`` of each batch offline."""
+
+    online: Any
+    offline: Any = None
+    offline_ratio: float = 0.5
+
+    def __post_init__(self):
+        from embodied.replay import MixedReplay
+
+        self.sampled = self.online if self.offline is None else \
+            MixedReplay(self.online, self.offline, offline_ratio=self.offline_ratio)
+
+
+def build_replays(train: Any, obs_space, action_space, seed: int, *, capacity: int, dataset: str | None = None,
+                  offline_capacity: int | None = None, offline_seed: int | None = None, bounds=None) -> Replays:
+    """``train:`` settings (n_step, gamma, offline_ratio) -> replays. The offline half holds
+    ``dataset`` (a LeRobotDataset, actions mapped with ``bounds``), or starts empty with
+    ``offline_capacity`` rows (the learner server's interventions); none without either."""
+    from embodied.replay import Replay
+
+    kw = dict(n_step=int(train.n_step), gamma=float(train.gamma))
+    online = Replay(capacity, obs_space, action_space, seed=seed, **kw)
+    offline_seed = seed if offline_seed is None else offline_seed
+    offline = None
+    if dataset:
+        from embodied.datasets import load_replay
+
+        offline = load_replay(dataset, obs_space, action_space, seed=offline_seed, capacity=offline_capacity,
+                              bounds=bounds, **kw)
+    elif offline_capacity:
+        offline = Replay(offline_capacity, obs_space, action_space, seed=offline_seed, offline=True, **kw)
+    return Replays(online, offline, float(train.offline_ratio))
 
 
 def learner_kwargs(cfg: Mapping[str, Any] | Any, device: str | None = None) -> tuple[str, list[str], dict[str, Any]]:

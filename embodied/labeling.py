@@ -19,12 +19,10 @@ pauses its updates (the env keeps running); the skipped updates are owed and mad
 once labels arrive, so the update-to-data ratio still holds over the run. An episode
 whose labeling failed stays unlabeled (never sampled) and is counted, never zero-filled.
 
-Oracle mode (``oracle=True``, for tests and demonstrations only): when the reward
-model's VLM is the scripted stand-in (``rewards.backends.scripted.ScriptedBackend``),
-the labeler tells it the simulator's true progress of every frame it stores
-(``info["progress"]``; a first frame counts as 0 % — true for the built-in tasks, whose
-progress is measured from the initial state). The real prompt builders and parsers
-then run end to end inside a training run without a VLM server.
+Taps: callables that see every transition before it is stored (``taps=[fn]``). The
+composition root (embodied/build.py) uses one for ``reward.oracle=true``: it tells the
+scripted stand-in VLM the simulator's true progress of each frame (``rewards/oracle.py``),
+so the real prompts and parsers run inside a training run without a VLM server.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ log = logging.getLogger("embodied")
 class RewardLabeler:
     def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
                  chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
-                 feedback_every: int = 0, feedback_queries: int = 0, oracle: bool = False):
+                 feedback_every: int = 0, feedback_queries: int = 0, taps: list | None = None):
         self.replay = replay
         self.model = model
         self.camera = camera
@@ -63,12 +61,7 @@ class RewardLabeler:
         self._steps = 0
         self.stats = {"labeled_episodes": 0, "failed_episodes": 0, "feedback_rounds": 0}
         self.failed: list[dict[str, Any]] = []
-        if oracle:
-            from rewards import find_oracle  # rewards is imported only when a model is used
-        self.oracle = find_oracle(model) if oracle else None
-        if oracle and self.oracle is None:
-            raise ValueError("reward.oracle=true needs a scripted oracle: reward.backend.kind=scripted "
-                             "(GVL, VLAC) or reward.labeler=scripted (RL-VLM-F)")
+        self.taps = list(taps or [])
 
     @property
     def mode(self) -> str:
@@ -89,8 +82,8 @@ class RewardLabeler:
         if copy_to is not None:
             self._copies[slot] = (copy_to, int(copy_to.add(t, labeled=False)), t.episode_id)
         self._steps += 1
-        if self.oracle is not None:
-            self._tell_oracle(t)
+        for tap in self.taps:
+            tap(t)
         if self._pool is None:
             self._pending_slots.append(slot)
             self._pending_instr.append(t.obs.get("instruction", ""))
@@ -103,14 +96,6 @@ class RewardLabeler:
             slots.append(slot)
             if t.terminated or t.truncated:
                 self._submit(t.episode_id, self._episode_slots.pop(t.episode_id), t.obs.get("instruction", ""))
-
-    def _tell_oracle(self, t: Transition) -> None:
-        from rewards.backends.base import hash_image
-
-        cam = self.camera
-        if t.is_first:
-            self.oracle.progress[hash_image(t.obs["pixels"][cam])] = 0.0
-        self.oracle.progress[hash_image(t.next_obs["pixels"][cam])] = float(t.info.get("progress", 0.0))
 
     # -- inline frame models ------------------------------------------------------------
     def flush(self) -> None:

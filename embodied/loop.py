@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from embodied import checkpoint
 from embodied.driver import Driver
 from embodied.evaluation import evaluate
-from embodied.build import build_reward, learner_kwargs, make_labeler, reward_camera
+from embodied.build import build_learner, build_replays, build_reward, learner_kwargs, make_labeler, reward_camera
 from embodied.logging import Logger
 from policies.chunking import ChunkExecutor
 
@@ -32,22 +32,9 @@ def env_kwargs(cfg_env: DictConfig) -> dict[str, Any]:
     return kw
 
 
-def learner_space(obs_space, inputs):
-    """The part of the observation space the learner reads (``learner.inputs``)."""
-    import gymnasium as gym
-
-    missing = [k for k in inputs if k not in obs_space.spaces]
-    if missing:
-        raise ValueError(f"learner.inputs asks for {missing} but the env observes only "
-                         f"{sorted(obs_space.spaces)}; set env.pixels=true or change learner.inputs")
-    return gym.spaces.Dict({k: obs_space[k] for k in inputs})
-
-
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         import envs
-        from embodied.learners import make_learner
-        from embodied.replay import MixedReplay, Replay
 
         self.cfg = cfg
         self.dir = Path(run_dir)
@@ -55,7 +42,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.reward = build_reward(cfg.reward)
         self.reward_model = self.reward.model
-        lname, inputs, lcfg = learner_kwargs(cfg.learner, device=cfg.device)
+        inputs = learner_kwargs(cfg.learner)[1]
         self.env_free = cfg.env.name == "none"  # dataset-only offline training
         self.action_bounds = None  # env=none: the dataset's action range, mapped onto [-1, 1]
         if self.env_free:
@@ -72,21 +59,12 @@ class Trainer:
         camera = None
         if self.reward_model is not None:
             camera = reward_camera(self.reward_model, list(obs_space["pixels"].spaces), f"env {cfg.env.name}")
-        capacity = 2 if self.env_free else cfg.train.replay_capacity  # env=none: no online data
-        self.online = Replay(capacity, obs_space, act_space, n_step=cfg.train.n_step, gamma=cfg.train.gamma,
-                             seed=cfg.seed)
-        self.replay = self.online
-        self.offline = None
-        if cfg.train.get("dataset"):
-            from embodied.datasets import load_replay
-
-            self.offline = load_replay(cfg.train.dataset, obs_space, act_space, n_step=cfg.train.n_step,
-                                       gamma=cfg.train.gamma, seed=cfg.seed, bounds=self.action_bounds)
-            self.replay = MixedReplay(self.online, self.offline, offline_ratio=cfg.train.offline_ratio)
-        self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
+        replays = build_replays(cfg.train, obs_space, act_space, cfg.seed, dataset=cfg.train.get("dataset"),
+                                capacity=2 if self.env_free else cfg.train.replay_capacity,  # env=none: no online data
+                                bounds=self.action_bounds)
+        self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
+        self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline)
         self.sample_rows = self.learner.rows_per_update
-        if self.offline is not None:
-            self.learner.prepare_offline(self.offline)
         self.labeler = make_labeler(self.online, self.reward, camera)
         self.recorder = None
         if cfg.train.get("record_dataset"):

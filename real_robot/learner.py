@@ -92,9 +92,7 @@ class LearnerServer:
         from omegaconf import OmegaConf
 
         from embodied.build import make_labeler
-        from embodied.learners import make_learner
-        from embodied.loop import learner_space
-        from embodied.replay import MixedReplay, Replay
+        from embodied.build import build_learner, build_replays
 
         self.cfg = cfg
         self.dir = Path(run_dir)
@@ -102,20 +100,10 @@ class LearnerServer:
         torch.manual_seed(cfg.seed)
         obs_space, act_space = spaces_from(cfg.spaces)
         t = cfg.train
-        self.online = Replay(t.replay_capacity, obs_space, act_space, n_step=t.n_step, gamma=t.gamma, seed=cfg.seed)
-        if cfg.get("demos"):
-            from embodied.datasets import load_replay
-
-            self.offline = load_replay(cfg.demos, obs_space, act_space, n_step=t.n_step, gamma=t.gamma,
-                                       seed=cfg.seed + 1, capacity=t.offline_capacity)
-        else:
-            self.offline = Replay(t.offline_capacity, obs_space, act_space, n_step=t.n_step, gamma=t.gamma,
-                                  seed=cfg.seed + 1, offline=True)
-        self.replay = MixedReplay(self.online, self.offline, offline_ratio=t.offline_ratio)
-        lcfg = OmegaConf.to_container(cfg.learner, resolve=True)
-        lname = lcfg.pop("name")
-        inputs = lcfg.pop("inputs", ["state"])
-        self.learner = make_learner(lname, learner_space(obs_space, inputs), act_space, **lcfg)
+        replays = build_replays(t, obs_space, act_space, cfg.seed, capacity=t.replay_capacity, dataset=cfg.get("demos"),
+                                offline_capacity=t.offline_capacity, offline_seed=cfg.seed + 1)
+        self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
+        self.learner = build_learner(cfg.learner, obs_space, act_space, offline=self.offline)
         self.rows = self.learner.rows_per_update
         self.reward, camera = self._reward_model(cfg, obs_space)
         # one labeler: interventions copied into the offline half share the original's label
@@ -172,6 +160,12 @@ class LearnerServer:
         for cam, shape in r.frame_shapes.items():
             if np.shape(t.obs.get("pixels", {}).get(cam)) != shape:
                 raise schema.SchemaError(f"camera {cam!r} frames must be {shape}; set spaces.* to match the robot")
+        spec = r.extras_spec  # the layout of the first transition stored, once there is one
+        if spec is not None and (sorted(t.extras) != sorted(spec) or any(
+                np.shape(t.extras[k]) != shape or np.asarray(t.extras[k]).dtype != dtype
+                for k, (shape, dtype) in spec.items())):
+            raise schema.SchemaError(f"transition extras {sorted(t.extras)} do not match the stored layout "
+                                     f"{ {k: list(v[0]) for k, v in spec.items()} }: every actor must send the same")
 
     def _restore(self) -> None:
         path = checkpoint.latest(self.dir / "ckpt")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rewards.oracle import find_oracle  # noqa: F401  (re-exported: the oracle inside a module)
+
 # name -> "module:factory"; each factory takes keyword arguments from the reward config.
 REGISTRY: dict[str, str] = {
     "clip": "rewards.clip:CLIPReward",
@@ -24,17 +26,3 @@ def make_reward(name: str, **cfg: Any):
         raise ValueError(f"unknown reward {name!r}; choose one of: env, {', '.join(sorted(REGISTRY))}")
     module, factory = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), factory)(**cfg)
-
-
-def find_oracle(model):
-    """The ground-truth oracle inside a reward model, or None: RL-VLM-F's scripted
-    preference labeler, or the scripted VLM (possibly behind the cache). Both keep a
-    ``progress`` table (image hash -> true progress) that tests and demonstrations fill."""
-    from rewards.backends.scripted import ScriptedBackend
-
-    if isinstance(getattr(getattr(model, "oracle", None), "progress", None), dict):
-        return model.oracle
-    backend = getattr(model, "backend", None)
-    while backend is not None and not isinstance(backend, ScriptedBackend):
-        backend = getattr(backend, "backend", None)
-    return backend

@@ -17,10 +17,14 @@ from rewards import make_reward
 STEPS = 25  # built-in reach episodes of 25 steps keep this fast
 
 
-def setup(model=None, **labeler_kw):
+def setup(model=None, oracle=False, **labeler_kw):
+    """``oracle``: feed the module's scripted oracle the sim's truth, as reward.oracle=true does."""
+    from rewards.oracle import OracleFeed, find_oracle
+
     venv = envs.make_vec_env("reach", 2, seed=0, pixels=True, image_size=32, max_episode_steps=STEPS)
     replay = Replay(1000, venv.single_observation_space, venv.single_action_space, seed=0)
-    labeler = RewardLabeler(replay, model, camera="front" if model is not None else None, **labeler_kw)
+    taps = [OracleFeed(find_oracle(model), "front")] if oracle else []
+    labeler = RewardLabeler(replay, model, camera="front" if model is not None else None, taps=taps, **labeler_kw)
     driver = Driver(venv).on_transition(labeler.add)
     rng = np.random.default_rng(0)
     driver.reset(seed=0)
@@ -95,5 +99,11 @@ def test_failed_episodes_stay_unlabeled_and_are_listed():
 
 
 def test_oracle_needs_a_scripted_backend():
+    from embodied.build import build_reward
+
+    cfg = {"name": "clip", "model_name": "tiny-clip", "pretrained": None, "oracle": True,
+           "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                                          "head_width": 16},
+                         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
     with pytest.raises(ValueError, match="scripted"):
-        setup(tiny_clip(), oracle=True)
+        build_reward(cfg)
