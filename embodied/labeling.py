@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from embodied.contracts import EpisodeLabels, RewardModel, Transition
+from embodied.contracts import EpisodeLabels, RewardModel, TrainableReward, Transition
 
 log = logging.getLogger("embodied")
 
@@ -121,7 +121,7 @@ class RewardLabeler:
         ``env_step`` may jump by more than one (vector envs, the learner server's batches):
         a round is due whenever a multiple of ``feedback_every`` was reached since the last one.
         """
-        if not (self.model is not None and self.model.trainable and self.feedback_every):
+        if not (isinstance(self.model, TrainableReward) and self.feedback_every):
             return {}
         if env_step // self.feedback_every <= self.stats["feedback_rounds"]:
             return {}

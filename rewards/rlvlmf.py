@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from embodied.contracts import RewardModel, check_frames
+from embodied.contracts import TrainableReward, check_frames
 
 ANALYSIS_PROMPT = (
     "You are shown two images of a robot attempting a task. The goal is: {instruction}.\n"
@@ -234,12 +234,11 @@ class BTEnsemble(nn.Module):
                 "val_acc": val_acc, "pairs": n}
 
 
-class RLVLMFReward(RewardModel):
+class RLVLMFReward(TrainableReward):
     """Preference-learned frame reward; see the module docstring."""
 
     name = "rlvlmf"
     granularity = "frame"
-    trainable = True
     asynchronous = False
 
     def __init__(
