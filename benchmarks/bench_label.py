@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from embodied.cli.label import label_dataset
+    from embodied.cli import setup_runtime
+
+    setup_runtime()  # MUJOCO_GL=osmesa for generating the dataset
     from embodied.datasets.generate import GenerateConfig, generate
+    from embodied.datasets.label import label_dataset
     from embodied.datasets.read import iter_episodes, open_dataset
     from rewards import make_reward
 

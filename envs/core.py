@@ -96,3 +96,22 @@ class SeedFirstReset(gym.Wrapper):
         else:
             self._pending_seed = None
         return self.env.reset(seed=seed, options=options)
+
+
+def get_physics(model, data) -> np.ndarray:
+    """A MuJoCo model's integration state (time, qpos, qvel, act, controls, applied forces,
+    mocap poses): what :func:`set_physics` needs to continue from here."""
+    import mujoco
+
+    sig = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(model, sig))
+    mujoco.mj_getState(model, data, state, sig)
+    return state
+
+
+def set_physics(model, data, state: np.ndarray) -> None:
+    """Restore :func:`get_physics`' state and recompute the derived quantities."""
+    import mujoco
+
+    mujoco.mj_setState(model, data, np.asarray(state, np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
+    mujoco.mj_forward(model, data)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-from envs.core import ActionScaler, check_cameras, observation_space, unit_action_space
+from envs.core import ActionScaler, check_cameras, get_physics, observation_space, set_physics, unit_action_space
 
 INSTRUCTIONS = {
     "Reacher": "move the tip of the two-link arm to the red target",
@@ -98,6 +98,18 @@ class GymAdapter(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(self._scale(action))
         return self._obs(obs), float(reward), bool(terminated), bool(truncated), self._info(info)
+
+    def get_state(self) -> np.ndarray:
+        """The MuJoCo task's simulator state; restore it after ``reset(seed=...)`` with the
+        episode's seed (the goal a task draws at reset may live outside it)."""
+        u = self.env.unwrapped
+        return get_physics(u.model, u.data)
+
+    def set_state(self, saved: np.ndarray) -> dict[str, Any]:
+        """Continue from a :meth:`get_state` of this episode; returns the observation there."""
+        u = self.env.unwrapped
+        set_physics(u.model, u.data, saved)
+        return self._obs(u._get_obs())  # every gymnasium MuJoCo task builds its observation here
 
     def _obs(self, state: np.ndarray) -> dict[str, Any]:
         obs: dict[str, Any] = {"state": np.asarray(state, np.float32), "instruction": self.instruction}

@@ -89,8 +89,6 @@ def spaces_from(cfg) -> tuple[Any, Any]:
 
 class LearnerServer:
     def __init__(self, cfg, run_dir: str | Path, sock: LearnerSocket | None = None):
-        from omegaconf import OmegaConf
-
         from embodied.build import make_labeler
         from embodied.build import build_learner, build_replays
 

@@ -10,7 +10,8 @@ linearly onto each motor's ``[low, high]`` range from the config.
 :class:`SimRobot` serves any ``envs`` task through that same interface (each
 ``send_action`` advances the simulation one control step), so the whole actor/learner
 loop runs on one machine without hardware. It also reports the simulator's reward and
-success and can save / restore its MuJoCo state (return-and-explore).
+success and can save / restore the task's simulator state (return-and-explore), through
+the task env's ``get_state`` / ``set_state``.
 """
 
 from __future__ import annotations
@@ -103,24 +104,14 @@ class SimRobot:
         self._feedback = (0.0, False, False, dict(info))
 
     def get_state(self) -> dict[str, Any]:
-        """Enough to come back here: the episode's reset seed and the MuJoCo state."""
-        import mujoco
-
-        u = self.env.unwrapped
-        sig = mujoco.mjtState.mjSTATE_INTEGRATION
-        state = np.empty(mujoco.mj_stateSize(u.model, sig))
-        mujoco.mj_getState(u.model, u.data, state, sig)
-        return {"seed": self._episode_seed, "physics": state, "elapsed": getattr(self.env, "_elapsed_steps", 0)}
+        """Enough to come back here: the episode's reset seed and the task's simulator state."""
+        physics = self.env.get_wrapper_attr("get_state")()
+        return {"seed": self._episode_seed, "physics": physics, "elapsed": getattr(self.env, "_elapsed_steps", 0)}
 
     def set_state(self, saved: Mapping[str, Any]) -> None:
         """Reset to the saved episode's task, then restore its physics (return-and-explore)."""
-        import mujoco
-
         self.reset(seed=int(saved["seed"]))
-        u = self.env.unwrapped
-        mujoco.mj_setState(u.model, u.data, np.asarray(saved["physics"]), mujoco.mjtState.mjSTATE_INTEGRATION)
-        mujoco.mj_forward(u.model, u.data)
-        self._obs = {**self._obs, **u._obs()}
+        self._obs = self.env.get_wrapper_attr("set_state")(saved["physics"])
 
 
 class RobotEnv(gym.Env):

@@ -164,6 +164,8 @@ class ScriptedHuman:
 
 
 def reach_controller(obs: Mapping[str, Any], gain: float = 8.0) -> np.ndarray:
-    """A hand that moves the gripper straight at the target of the builtin ``reach`` task
-    (its state ends with ``target - gripper``)."""
-    return np.clip(gain * np.asarray(obs["state"][-2:], np.float32), -1, 1)
+    """A hand that moves the gripper straight at the target of the builtin ``reach`` task:
+    its scripted controller with ``gain`` in action units per metre."""
+    from envs.builtin.scripted import reach_action
+
+    return reach_action(obs["state"], gain, max_delta=1.0)

@@ -5,9 +5,10 @@
     embodied-eval-reward reward=gvl dataset_path=/data/recorded_lerobot_dataset
 
 Episodes come from a built-in env (``reach`` / ``push``), collected with a mix of
-policies so true progress spreads from 0 to 1: ``scripted`` (solves the task from the
-state), ``partial`` (scripted for a random part of the episode, then random), ``noisy``
-(scripted plus Gaussian noise) and ``random``. Or from a recorded LeRobotDataset with
+policies so true progress spreads from 0 to 1: ``scripted`` (the task's controller in
+envs/builtin/scripted.py: solves it from the state), ``partial`` (scripted for a random
+part of the episode, then random), ``noisy`` (scripted plus Gaussian noise) and
+``random``. Or from a recorded LeRobotDataset with
 ``gt.progress`` / ``gt.success`` columns (:mod:`embodied.datasets`); there, row ``t+1``
 holds the frame reached by step ``t``, so frame ``t+1`` is paired with ``gt.*[t]``.
 
@@ -39,39 +40,20 @@ log = logging.getLogger("embodied.eval_reward")
 POLICIES = ("scripted", "partial", "noisy", "random")
 
 
-# ----------------------------------------------------------------------------- policies
-def scripted_action(env_name: str, state: np.ndarray, max_delta: float = 0.04) -> np.ndarray:
-    """A policy that solves the built-in task from its state vector (layouts in envs/builtin/tasks.py)."""
-    if env_name == "reach":
-        return np.clip(state[6:8] / max_delta, -1, 1)
-    if env_name == "push":
-        rel_b, g_b = state[10:12], state[12:14]  # block - gripper, goal - block
-        dist = np.linalg.norm(g_b)
-        if dist < 0.015:
-            return np.zeros(2)
-        d = g_b / dist
-        along = np.dot(-rel_b, d)  # gripper position along the push direction, from the block
-        lateral = -rel_b - along * d
-        lat = np.linalg.norm(lateral)
-        if along < -0.02 and lat < 0.015:  # behind the block: push it toward the goal
-            return np.clip((rel_b + d * min(dist, 0.04)) / max_delta, -1, 1)
-        if along > -0.06 and lat < 0.07:  # beside or in front of it: go around
-            perp = lateral / lat if lat > 1e-4 else np.array([-d[1], d[0]])
-            return np.clip((rel_b + 0.08 * perp - 0.08 * d) / max_delta, -1, 1)
-        return np.clip((rel_b - 0.08 * d) / max_delta, -1, 1)  # to the pre-push point
-    raise ValueError(f"no scripted policy for env {env_name!r}; set policy_mix=[random]")
-
-
 def collect_episodes(env_name: str, episodes: int, max_steps: int, image_size: int, camera: str | None,
                      policy_mix, seed: int) -> list[dict[str, Any]]:
     """Roll out ``episodes`` episodes, cycling through ``policy_mix``; frames of one camera."""
     from tqdm import tqdm
 
     from envs import make_env
+    from envs.builtin.scripted import CONTROLLERS
 
     bad = [p for p in policy_mix if p not in POLICIES]
     if bad or not policy_mix:
         raise ValueError(f"policy_mix entries must be among {list(POLICIES)}, got {list(policy_mix)}")
+    scripted = CONTROLLERS.get(env_name)  # solves the built-in task from its state
+    if scripted is None and set(policy_mix) != {"random"}:
+        raise ValueError(f"no scripted policy for env {env_name!r}; set policy_mix=[random]")
     env = make_env(env_name, seed=seed, pixels=True, image_size=image_size, max_episode_steps=max_steps)
     cam = camera or list(env.observation_space["pixels"].spaces)[0]
     rng = np.random.default_rng(seed)
@@ -86,9 +68,9 @@ def collect_episodes(env_name: str, episodes: int, max_steps: int, image_size: i
         for t in range(max_steps):
             act = rng.uniform(-1, 1, 2)
             if kind == "scripted" or (kind == "partial" and t < switch):
-                act = scripted_action(env_name, obs["state"])
+                act = scripted(obs["state"])
             elif kind == "noisy":
-                act = np.clip(scripted_action(env_name, obs["state"]) + rng.normal(0, 0.7, 2), -1, 1)
+                act = np.clip(scripted(obs["state"]) + rng.normal(0, 0.7, 2), -1, 1)
             obs, _, terminated, truncated, info = env.step(np.asarray(act, np.float32))
             frames.append(obs["pixels"][cam])
             progress.append(info["progress"])
@@ -224,11 +206,13 @@ def run(cfg) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from embodied.build import build_reward
+    from embodied.contracts import TrainableReward
     from embodied.logging import json_safe
 
     torch.set_num_threads(1)
     if cfg.reward.name == "env":
         raise ValueError("reward=env has no model to evaluate; choose reward=clip, gvl, vlac or rlvlmf")
+    torch.manual_seed(int(cfg.seed))  # random-init modules (clip_tiny) give the same scores every run
     built = build_reward(cfg.reward)  # training-loop settings stay with the labeler
     model, oracle = built.model, built.oracle
     camera = cfg.camera or model.camera
@@ -246,7 +230,7 @@ def run(cfg) -> dict[str, Any]:
         return eps
 
     fit: dict[str, float] = {}
-    if getattr(model, "trainable", False):
+    if isinstance(model, TrainableReward):
         if cfg.dataset_path:
             raise ValueError("a trainable reward (rlvlmf) is fitted on collected episodes; evaluate it on an env")
         # fitted on episodes of their own (another seed), never on the episodes it is scored on

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from embodied.contracts import EpisodeLabels, RewardModel, check_frames
-from rewards.backends.base import VLMBackend, VLMReply, VLMRequest, hash_image, make_backend
+from rewards.backends.base import VLMBackend, VLMReply, VLMRequest, hash_image
+from rewards.backends.factory import make_backend
 from rewards.metrics import voc
 
 SYSTEM = (

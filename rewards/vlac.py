@@ -43,7 +43,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from embodied.contracts import EpisodeLabels, RewardModel, check_frames
-from rewards.backends.base import VLMBackend, VLMReply, VLMRequest, make_backend
+from rewards.backends.base import VLMBackend, VLMReply, VLMRequest
+from rewards.backends.factory import make_backend
 from rewards.metrics import voc
 
 SYSTEM = (

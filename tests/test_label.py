@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from embodied.cli.label import label_dataset
+from embodied.datasets.label import label_dataset
 from embodied.datasets.read import iter_episodes, load_replay, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -193,6 +193,9 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
         raise ValueError(f"unknown dataset kind {unknown[0]!r}; choose from {list(ALL_KINDS)}")
     if "scripted" in cfg.kinds and cfg.env != "reach":
         raise ValueError(f"kind 'scripted' exists for env=reach only, not {cfg.env!r}")
+    if "scripted" in cfg.kinds and cfg.env_kwargs.get("proprio_only"):
+        raise ValueError("kind 'scripted' steers by the target in the state, which proprio_only=true hides; "
+                         "set env.proprio_only=false")
     existing = [k for k in cfg.kinds if (output / k).exists()]
     if existing:
         raise FileExistsError(f"{output / existing[0]} already exists; choose another output= or delete it")
@@ -250,11 +253,11 @@ def normalized_score(ret: float, random_ret: float, expert_ret: float) -> float:
 
 
 class scripted_reach:  # noqa: N801 - used like a function that builds a policy
-    """A suboptimal behaviour policy for the built-in ``reach`` task: a proportional
-    controller toward the target (state[6:8] = target - gripper) plus Gaussian noise.
-    noise 0: near-perfect; 1.0: about 40 % success; large: close to random. With
-    ``distracted > 0`` that share of episodes (drawn at :meth:`reset`) steers to a random
-    wrong spot instead, which the state does not reveal."""
+    """A suboptimal behaviour policy for the built-in ``reach`` task: its proportional
+    controller (envs/builtin/scripted.py, ``gain`` in action units per metre) plus
+    Gaussian noise. noise 0: near-perfect; 1.0: about 40 % success; large: close to
+    random. With ``distracted > 0`` that share of episodes (drawn at :meth:`reset`) steers
+    to a random wrong spot instead, which the state does not reveal."""
 
     def __init__(self, noise: float, rng: np.random.Generator, gain: float = 10.0, distracted: float = 0.0):
         self.noise, self.rng, self.gain, self.distracted = noise, rng, gain, distracted
@@ -264,7 +267,7 @@ class scripted_reach:  # noqa: N801 - used like a function that builds a policy
         self.wrong = self.rng.uniform(-0.25, 0.25, 2) if self.rng.random() < self.distracted else None
 
     def __call__(self, obs: dict) -> np.ndarray:
-        s = np.asarray(obs["state"], np.float32)
-        error = s[6:8] if self.wrong is None else self.wrong - s[0:2]
-        a = self.gain * error + self.noise * self.rng.normal(size=2)
-        return np.clip(a, -1.0, 1.0).astype(np.float32)
+        from envs.builtin.scripted import reach_action
+
+        noise = self.noise * self.rng.normal(size=2)
+        return reach_action(obs["state"], self.gain, max_delta=1.0, noise=noise, goal=self.wrong)

@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.builtin.scene import CAMERAS, COLORS, WORKSPACE, scene_xml
-from envs.core import check_cameras, observation_space, unit_action_space
+from envs.core import check_cameras, get_physics, observation_space, set_physics, unit_action_space
 
 TARGET_COLORS = ("red", "green", "blue", "yellow")
 BLOCK_COLORS = ("blue", "red", "yellow", "purple")
@@ -50,6 +50,8 @@ class TabletopEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     name = "tabletop"
     state_dim = 0
+    # State layout, written once here: scripted controllers and tests index through these.
+    GRIPPER, GRIPPER_VEL = slice(0, 2), slice(2, 4)  # the first PROPRIO_DIM entries of every task
     _grip_qpos = slice(0, 2)  # qpos of grip_x, grip_y (after the block's joints in push)
 
     def __init__(
@@ -154,6 +156,18 @@ class TabletopEnv(gym.Env):
             renderer.close()
         self._renderers.clear()
 
+    # --- simulator state (return-and-explore) --------------------------------------------
+    def get_state(self) -> np.ndarray:
+        """The simulator's state (MuJoCo's integration state, marker positions included).
+        What reset drew besides it (colours, instruction) is not in it: restore it into
+        the same task, i.e. after ``reset(seed=...)`` with the episode's seed."""
+        return get_physics(self.model, self.data)
+
+    def set_state(self, saved: np.ndarray) -> dict[str, Any]:
+        """Continue from a :meth:`get_state` of this episode's task; returns the observation there."""
+        set_physics(self.model, self.data, saved)
+        return self._obs()
+
     # --- helpers -----------------------------------------------------------------------
     def _render(self, camera: str, size: int) -> np.ndarray:
         renderer = self._renderers.get(size)
@@ -205,6 +219,7 @@ class ReachEnv(TabletopEnv):
 
     name = "reach"
     state_dim = 8
+    TARGET, TO_TARGET = slice(4, 6), slice(6, 8)  # target xy, target - gripper xy
 
     def __init__(self, **kwargs):
         super().__init__(block=False, marker_shape="disc", **kwargs)
@@ -236,6 +251,8 @@ class PushEnv(TabletopEnv):
 
     name = "push"
     state_dim = 14
+    BLOCK, BLOCK_VEL, GOAL = slice(4, 6), slice(6, 8), slice(8, 10)
+    TO_BLOCK, BLOCK_TO_GOAL = slice(10, 12), slice(12, 14)  # block - gripper xy, goal - block xy
     _grip_qpos = slice(2, 4)  # the block's joints come first in the MJCF
 
     def __init__(self, **kwargs):

@@ -2,15 +2,9 @@
 
 A request is an ordered list of parts (text and ``(H, W, 3)`` uint8 images interleaved
 as the prompt shows them); a reply is the generated text, with token log-probabilities
-where the backend offers them. ``make_backend(kind, **cfg)`` builds one:
-
-- ``"hf"``: a local transformers image-text-to-text model (:mod:`rewards.backends.hf`);
-- ``"openai"``: an OpenAI-compatible chat-completions endpoint (:mod:`rewards.backends.openai`);
-- ``"scripted"``: a deterministic stand-in that answers from ground truth
-  (:mod:`rewards.backends.scripted`), for tests and offline oracles.
-
-Given ``cache_dir``, the backend is wrapped in the content-addressed disk cache
-(:class:`rewards.backends.cache.CachedBackend`), which only sends cache misses.
+where the backend offers them. :func:`rewards.backends.factory.make_backend` builds one
+by kind (local transformers, OpenAI-compatible endpoint, scripted oracle), optionally
+behind the disk cache.
 
 A request that fails on its own (an endpoint error after all retries, a timeout) comes
 back as a reply with ``error`` set, so one bad query never discards the rest of a batch;
@@ -22,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -107,22 +100,3 @@ def hash_image(image: np.ndarray) -> str:
     h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
 
-
-_KINDS = {
-    "hf": "rewards.backends.hf:HFBackend",
-    "openai": "rewards.backends.openai:OpenAIBackend",
-    "scripted": "rewards.backends.scripted:ScriptedBackend",
-}
-
-
-def make_backend(kind: str, cache_dir: str | None = None, **cfg: Any) -> VLMBackend:
-    """Build a backend by kind; with ``cache_dir`` it is wrapped in the disk cache."""
-    if kind not in _KINDS:
-        raise ValueError(f"unknown VLM backend kind {kind!r}; set backend.kind to one of {sorted(_KINDS)}")
-    module, name = _KINDS[kind].split(":")
-    backend = getattr(importlib.import_module(module), name)(**cfg)
-    if cache_dir:
-        from rewards.backends.cache import CachedBackend
-
-        backend = CachedBackend(backend, cache_dir)
-    return backend
