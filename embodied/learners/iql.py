@@ -29,7 +29,7 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
-from embodied.learners.sac import EnsembleLinear
+from embodied.learners.nets import ensemble_mlp
 from policies.actor import mlp
 from policies.encoders import ObsEncoder, RandomShift
 from policies.iql import IQLPolicy
@@ -214,11 +214,7 @@ class TwinQ(nn.Module):
 
     def __init__(self, d_in: int, hidden: tuple[int, ...]):
         super().__init__()
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [EnsembleLinear(2, d_in, h), nn.ReLU()]
-            d_in = h
-        self.net = nn.Sequential(*layers, EnsembleLinear(2, d_in, 1))
+        self.net = ensemble_mlp(2, [d_in, *hidden, 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.expand(2, *x.shape)).squeeze(-1)

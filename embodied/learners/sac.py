@@ -37,6 +37,7 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
+from embodied.learners.nets import ensemble_mlp
 from policies.actor import GaussianActor
 from policies.encoders import ObsEncoder, RandomShift
 
@@ -86,45 +87,13 @@ class SACConfig:
     """Torch device of the networks and of incoming batches."""
 
 
-class EnsembleLinear(nn.Module):
-    """``E`` independent linear layers applied as one batched matmul: (E, B, i) -> (E, B, o)."""
-
-    def __init__(self, members: int, d_in: int, d_out: int):
-        super().__init__()
-        bound = 1 / math.sqrt(d_in)  # torch.nn.Linear's default init, per member
-        self.weight = nn.Parameter(torch.empty(members, d_in, d_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, d_out).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class EnsembleLayerNorm(nn.Module):
-    """LayerNorm with separate affine parameters per ensemble member."""
-
-    def __init__(self, members: int, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(members, 1, dim))
-        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
-
-
 class Critic(nn.Module):
     """Ensemble of Q networks on encoded features: (features, action) -> (E, B) Q values."""
 
     def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig):
         super().__init__()
         self.members = cfg.num_critics
-        layers: list[nn.Module] = []
-        d_in = feature_dim + action_dim
-        for h in cfg.hidden:
-            layers.append(EnsembleLinear(cfg.num_critics, d_in, h))
-            layers += [EnsembleLayerNorm(cfg.num_critics, h)] if cfg.layer_norm else []
-            layers.append(nn.ReLU())
-            d_in = h
-        self.q = nn.Sequential(*layers, EnsembleLinear(cfg.num_critics, d_in, 1))
+        self.q = ensemble_mlp(cfg.num_critics, [feature_dim + action_dim, *cfg.hidden, 1], cfg.layer_norm)
 
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([features, action], -1)
