@@ -90,6 +90,8 @@ class RobosuiteAdapter(gym.Env):
     """A robosuite environment as a contract-following ``gymnasium.Env``."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    FLIP: tuple[slice, ...] = (slice(None, None, -1),)  # robosuite renders upside down: flip rows
+    TERMINATE_ON_SUCCESS = False
 
     def __init__(self, env: Any, task: str, cameras: list[str], image_size: int, render_size: int,
                  progress: bool = True):
@@ -99,6 +101,7 @@ class RobosuiteAdapter(gym.Env):
         self.instruction = INSTRUCTIONS.get(task, f"solve the robosuite {task} task")
         low, high = env.action_spec
         self._scale = ActionScaler(low, high)
+        self._expert: Any = None
         obs = env.reset()
         self._state_keys = sorted(k for k in obs if k.endswith("proprio-state")) + \
             [k for k in ("object-state",) if k in obs]
@@ -111,11 +114,14 @@ class RobosuiteAdapter(gym.Env):
     def _obs(self, raw: dict) -> dict[str, Any]:
         obs: dict[str, Any] = {"state": self._state(raw), "instruction": self.instruction}
         if self.cameras:
-            obs["pixels"] = {c: np.ascontiguousarray(raw[f"{c}_image"][::-1]) for c in self.cameras}
+            obs["pixels"] = {c: np.ascontiguousarray(raw[f"{c}_image"][self.FLIP]) for c in self.cameras}
         return obs
 
-    def _info(self, reward: float) -> dict[str, Any]:
-        info: dict[str, Any] = {"success": bool(self.env._check_success())}
+    def _success(self, done: bool) -> bool:
+        return bool(self.env._check_success())
+
+    def _info(self, reward: float, done: bool = False) -> dict[str, Any]:
+        info: dict[str, Any] = {"success": self._success(done)}
         if self.progress:
             info["progress"] = float(np.clip(reward, 0.0, 1.0))
         return info
@@ -129,7 +135,25 @@ class RobosuiteAdapter(gym.Env):
         finally:
             np.random.set_state(saved)
         self._reset_grippers()
+        self._start_episode()
         return self._obs(raw), self._info(float(self.env.reward(None)))
+
+    def _start_episode(self) -> None:
+        if self._expert is not None:
+            self._expert.reset()
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's next action from privileged simulator state (object and
+        target poses); see envs/scripted_manipulation.py. Raises for tasks without one."""
+        if self._expert is None:
+            from envs.scripted_manipulation import SCRIPTED_TASKS, expert_for
+
+            self._expert = expert_for(self)
+            if self._expert is None:
+                raise ValueError(f"{getattr(self, 'name', self.task)}: no scripted expert for this task; "
+                                 f"scripted tasks: {SCRIPTED_TASKS}")
+            self._expert.reset()  # created mid-episode: starts from the current state
+        return self._expert()
 
     def _reset_grippers(self) -> None:
         """robosuite keeps a gripper's commanded opening across soft resets: zero it."""
@@ -139,13 +163,15 @@ class RobosuiteAdapter(gym.Env):
                 gripper.current_action = np.zeros_like(gripper.current_action)
 
     def step(self, action):
-        raw, reward, _, _ = self.env.step(self._scale(action))
-        return self._obs(raw), float(reward), False, False, self._info(float(reward))
+        raw, reward, done, _ = self.env.step(self._scale(action))
+        info = self._info(float(reward), bool(done))
+        terminated = self.TERMINATE_ON_SUCCESS and info["success"]
+        return self._obs(raw), float(reward), terminated, False, info
 
     def render(self):
         camera = self.cameras[0] if self.cameras else "agentview"
         frame = self.env.sim.render(camera_name=camera, width=self.render_size, height=self.render_size)
-        return np.ascontiguousarray(frame[::-1])
+        return np.ascontiguousarray(frame[self.FLIP])
 
     def close(self):
         self.env.close()
