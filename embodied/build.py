@@ -125,9 +125,11 @@ class Replays:
 
 
 def build_replays(train: Any, obs_space, action_space, seed: int, *, capacity: int, dataset: str | None = None,
-                  offline_capacity: int | None = None, offline_seed: int | None = None, bounds=None) -> Replays:
+                  offline_capacity: int | None = None, offline_seed: int | None = None, bounds=None,
+                  keys=None) -> Replays:
     """``train:`` settings (n_step, gamma, offline_ratio) -> replays. The offline half holds
-    ``dataset`` (a LeRobotDataset, actions mapped with ``bounds``), or starts empty with
+    ``dataset`` (a LeRobotDataset, actions mapped with ``bounds``, columns named by ``keys``,
+    a :class:`~embodied.datasets.keys.DatasetKeys`), or starts empty with
     ``offline_capacity`` rows (the learner server's interventions); none without either."""
     from embodied.replay import Replay
 
@@ -138,8 +140,10 @@ def build_replays(train: Any, obs_space, action_space, seed: int, *, capacity: i
     if dataset:
         from embodied.datasets import load_replay
 
+        from embodied.datasets.keys import DEFAULT_KEYS
+
         offline = load_replay(dataset, obs_space, action_space, seed=offline_seed, capacity=offline_capacity,
-                              bounds=bounds, **kw)
+                              bounds=bounds, keys=keys or DEFAULT_KEYS, **kw)
     elif offline_capacity:
         offline = Replay(offline_capacity, obs_space, action_space, seed=offline_seed, offline=True, **kw)
     return Replays(online, offline, float(train.offline_ratio))

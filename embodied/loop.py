@@ -2,7 +2,9 @@
 
 env --> Driver --> RewardLabeler --> replay (+ offline data) --> learner.update --> policy
 Every ``checkpoint.every`` env steps the learner, the replay, the labeler and the
-counters are saved together atomically; ``resume=true`` continues from there.
+counters are saved together atomically; ``resume=true`` continues from there. Each save,
+and the end of a run, also writes the current policy alone (spec + weights) to
+``<run_dir>/policy/``: what ``embodied-eval policy=<run_dir>`` and an actor load.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class Trainer:
         self.dir = Path(run_dir)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
+        from embodied.datasets.keys import DatasetKeys
+
+        self.keys = DatasetKeys.from_config(cfg.get("dataset_keys"))  # the dataset's column names
         self.reward = build_reward(cfg.reward)
         self.reward_model = self.reward.model
         inputs = learner_kwargs(cfg.learner)[1]
@@ -61,7 +66,7 @@ class Trainer:
             camera = reward_camera(self.reward_model, list(obs_space["pixels"].spaces), f"env {cfg.env.name}")
         replays = build_replays(cfg.train, obs_space, act_space, cfg.seed, dataset=cfg.train.get("dataset"),
                                 capacity=2 if self.env_free else cfg.train.replay_capacity,  # env=none: no online data
-                                bounds=self.action_bounds)
+                                bounds=self.action_bounds, keys=self.keys)
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
         self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline)
         self.sample_rows = self.learner.rows_per_update
@@ -87,9 +92,10 @@ class Trainer:
         from embodied.datasets.read import action_bounds, dataset_spaces, open_dataset
 
         ds = open_dataset(self.cfg.train.dataset)
-        self.action_bounds = action_bounds(ds)
+        self.keys.check(ds)
+        self.action_bounds = action_bounds(ds, self.keys)
         cameras = None if "pixels" in inputs else []  # a state-only learner loads no video
-        return dataset_spaces(ds, cameras)
+        return dataset_spaces(ds, cameras, self.keys)
 
     def _write_action_bounds(self) -> None:
         import json
@@ -133,8 +139,20 @@ class Trainer:
 
     def save(self) -> Path:
         self.labeler.flush()
-        return checkpoint.save(self.dir / "checkpoints", self.counters["env_steps"], self.state_dict(),
+        path = checkpoint.save(self.dir / "checkpoints", self.counters["env_steps"], self.state_dict(),
                                keep=self.cfg.checkpoint.keep)
+        self.save_policy()
+        return path
+
+    def save_policy(self) -> Path:
+        """The current policy to ``<run_dir>/policy/``, versioned by the learner updates made."""
+        from policies import save_policy
+
+        version = self.counters["updates"] + self.counters["offline_updates"]
+        found = checkpoint.latest(self.dir / "policy")
+        if found is not None and found.name == f"step_{version:010d}":
+            return found  # this version is on disk already
+        return save_policy(self.learner.policy(), self.dir / "policy", version)
 
     # -- acting ---------------------------------------------------------------------------
     def _acting(self):
@@ -157,6 +175,11 @@ class Trainer:
 
     # -- the run --------------------------------------------------------------------------
     def run(self, logger: Logger) -> dict[str, float]:
+        result = self._run(logger)
+        self.save_policy()  # a run folder always holds its final policy
+        return result
+
+    def _run(self, logger: Logger) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         cfg = self.cfg

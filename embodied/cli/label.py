@@ -29,7 +29,10 @@ def run(cfg) -> dict[str, Any]:
     from embodied.datasets.read import open_dataset
     from embodied.schema import check
 
+    from embodied.datasets.keys import DatasetKeys
+
     check(cfg, LabelConfig)  # every setting, before the dataset is opened
+    keys = DatasetKeys.from_config(cfg.get("dataset_keys"))
     torch.set_num_threads(int(cfg.threads))
     ds = open_dataset(cfg.input)
     output = Path(cfg.output).expanduser().resolve()
@@ -43,7 +46,7 @@ def run(cfg) -> dict[str, Any]:
 
     summary = label_dataset(ds, output, build, reward_cfg, cfg.camera, cfg.instruction, cfg.repo_id,
                             int(cfg.plot_episodes), preference_pairs=int(cfg.preference_pairs),
-                            preference_seed=int(cfg.seed))
+                            preference_seed=int(cfg.seed), keys=keys)
     summary_line = {k: summary[k] for k in ("episodes", "episodes_labeled", "episodes_failed", "failed_queries",
                                             "reward_mean", "reward_std", "reward_min", "reward_max")}
     print(json.dumps({"output": str(output), **summary_line}))

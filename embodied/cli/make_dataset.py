@@ -3,6 +3,7 @@ LeRobotDatasets for a built-in or gymnasium MuJoCo task (see embodied/datasets/g
 
     embodied-make-dataset env=reach output=datasets/reach steps=10000
     embodied-make-dataset env=gym_hopper sac.total_steps=300000 sac.medium_at=100000
+    embodied-make-dataset env=libero_object kinds=[scripted] success_only=true dataset_keys=lerobot_libero
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from embodied.datasets.generate import GenerateConfig, SACStages, generate
+    from embodied.datasets.keys import DatasetKeys
 
     torch.set_num_threads(int(cfg.threads))
     env_kwargs = OmegaConf.to_container(cfg.env, resolve=True)
@@ -27,7 +29,9 @@ def run(cfg) -> dict:
     sac = OmegaConf.to_container(cfg.sac, resolve=True)
     gen = GenerateConfig(env=name, env_kwargs=env_kwargs, kinds=tuple(cfg.kinds), steps=int(cfg.steps),
                          seed=int(cfg.seed), fps=int(cfg.fps), scripted_noise=float(cfg.scripted_noise),
-                         scripted_distracted=float(cfg.scripted_distracted), sac=SACStages(**{**sac, "hidden": tuple(sac["hidden"])}))
+                         scripted_distracted=float(cfg.scripted_distracted), expert_noise=float(cfg.expert_noise),
+                         success_only=bool(cfg.success_only), keys=DatasetKeys.from_config(cfg.get("dataset_keys")),
+                         ground_truth=bool(cfg.ground_truth), sac=SACStages(**{**sac, "hidden": tuple(sac["hidden"])}))
     stats = generate(gen, cfg.output)
     print(json.dumps({"output": str(cfg.output), **stats}))
     return stats

@@ -10,9 +10,19 @@ and ``expert`` (after ``total_steps``). Datasets, each a LeRobotDataset written 
 ``expert``         the expert actor, stochastic
 ``medium_replay``  every episode the SAC agent collected until the medium stage
 ``medium_expert``  medium and expert episodes, ``steps`` of each
-``scripted``       (``reach`` only, no SAC) a noisy proportional controller (``scripted_noise``);
-                   a ``scripted_distracted`` share of episodes heads for a random wrong spot
-                   instead, so cloning the average action fails where offline RL need not
+``scripted``       no SAC: the env's scripted expert. ``reach``: a noisy proportional
+                   controller (``scripted_noise``); a ``scripted_distracted`` share of
+                   episodes heads for a random wrong spot instead, so cloning the average
+                   action fails where offline RL need not. ``push``, robosuite ``Lift`` /
+                   ``PickPlaceCan`` and LIBERO pick-and-place tasks: the expert that reads
+                   privileged simulator state (``env.expert_action()``,
+                   envs/scripted_manipulation.py), plus ``expert_noise`` Gaussian action
+                   noise; ``success_only`` keeps only the episodes that succeed
+                   (demonstrations for behaviour cloning, residual RL and VLA fine-tuning)
+
+Datasets are written in the project's layout, or another one: ``keys`` names the columns
+(``dataset_keys=lerobot_libero``: LeRobot's LIBERO names) and ``ground_truth=False``
+leaves out the ``next.*`` / ``gt.*`` columns.
 
 Everything follows from the seed: the same config gives the same datasets. Trained
 actors are cached under ``<output>/_policies/<hash of the training config>/``, so
@@ -33,7 +43,9 @@ import torch
 
 from embodied import checkpoint
 from embodied.contracts import Transition
+from embodied.datasets.keys import DEFAULT_KEYS
 from embodied.datasets.record import DatasetRecorder
+from policies import load_policy, save_policy
 
 log = logging.getLogger("embodied")
 KINDS = ("random", "medium", "expert", "medium_replay", "medium_expert")
@@ -71,7 +83,15 @@ class GenerateConfig:
     scripted_noise: float = 1.5
     """Action noise std of the ``scripted`` reach controller (1.5: about 45 % success)."""
     scripted_distracted: float = 0.0
-    """Share of ``scripted`` episodes that head for a random wrong spot."""
+    """Share of ``scripted`` episodes that head for a random wrong spot (``reach``)."""
+    expert_noise: float = 0.0
+    """Gaussian action noise std added to the scripted expert of other envs (clipped to [-1, 1])."""
+    success_only: bool = False
+    """``scripted``: record only the episodes that end in success."""
+    keys: Any = None
+    """A :class:`~embodied.datasets.keys.DatasetKeys` naming the written columns (None: the project's)."""
+    ground_truth: bool = True
+    """Write the ``next.*`` / ``gt.*`` columns (False: only cameras, state, action, task)."""
     sac: SACStages = field(default_factory=SACStages)
 
 
@@ -84,16 +104,6 @@ def _state_space(env):
 def _transition(obs, action, reward, next_obs, term, trunc, info, ep, step) -> Transition:
     return Transition(obs, np.asarray(action, np.float32), float(reward), next_obs, bool(term), bool(trunc),
                       step == 0, ep, step, info={k: info[k] for k in ("success", "progress") if k in info})
-
-
-def load_actor(path: Path):
-    """A policy saved by :func:`train_stages` (spec JSON + weights, no pickle)."""
-    import policies
-
-    state = checkpoint.load(path)
-    actor = policies.from_spec(json.loads(state["spec"]))
-    actor.load_state_dict(state["weights"])
-    return actor
 
 
 def policy_cache(cfg: GenerateConfig, output: Path) -> Path:
@@ -145,9 +155,7 @@ def train_stages(cfg: GenerateConfig, cache: Path, on_transition: Callable[[Tran
             sac.update(replay.sample_torch(s.batch_size))
         for name, at in (("medium", s.medium_at), ("expert", s.total_steps)):
             if step + 1 == at:
-                actor = sac.policy()
-                checkpoint.save(stages[name], step + 1, {"spec": json.dumps(actor.spec()),
-                                                         "weights": actor.state_dict()})
+                save_policy(sac.policy(), stages[name], step + 1)
         obs, k = nobs, k + 1
         if term or trunc:
             obs, _ = env.reset()
@@ -157,30 +165,71 @@ def train_stages(cfg: GenerateConfig, cache: Path, on_transition: Callable[[Tran
 
 
 def rollout(env, act: Callable[[dict], np.ndarray], steps: int, recorder: DatasetRecorder, seed: int,
-            first_episode: int = 0, desc: str = "rollout") -> dict[str, float]:
-    """Whole episodes until ``steps`` transitions are recorded; returns return/success stats."""
+            first_episode: int = 0, desc: str = "rollout", success_only: bool = False,
+            give_up_after: int = 20) -> dict[str, float]:
+    """Whole episodes until ``steps`` transitions are recorded; returns return/success stats.
+
+    ``success_only``: episodes that do not end in success are run but not recorded (the
+    stats still count them: ``success_rate`` is the policy's, over every episode run);
+    after ``give_up_after`` episodes in a row without a success it stops with an error.
+    """
     from tqdm import tqdm
 
-    returns, successes, n, ep = [], [], 0, first_episode
+    returns, successes, n, ep, kept, streak = [], [], 0, first_episode, 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step")
     while n < steps:
         obs, _ = env.reset(seed=seed + ep)
         if hasattr(act, "reset"):
             act.reset()
-        ret, k, done, info = 0.0, 0, False, {}
+        ret, k, done, info, episode = 0.0, 0, False, {}, []
         while not done:
             action = act(obs)
             nobs, r, term, trunc, info = env.step(action)
-            recorder.add(_transition(obs, action, r, nobs, term, trunc, info, ep, k))
+            episode.append(_transition(obs, action, r, nobs, term, trunc, info, kept, k))
             ret, obs, k, done = ret + float(r), nobs, k + 1, term or trunc
+        success = bool(info.get("success", False))
         returns.append(ret)
-        successes.append(float(info.get("success", False)))
-        n += k
+        successes.append(float(success))
         ep += 1
+        if success_only and not success:
+            streak += 1
+            if streak >= give_up_after:
+                raise RuntimeError(f"{desc}: no success in {streak} episodes in a row; the scripted policy does "
+                                   "not solve this task (or expert_noise is too high); nothing more recorded")
+            continue
+        streak = 0
+        for t in episode:
+            t.episode_id = first_episode + kept
+            recorder.add(t)
+        kept += 1
+        n += k
         bar.update(k)
     bar.close()
-    return {"episodes": len(returns), "transitions": n, "return_mean": float(np.mean(returns)),
-            "success_rate": float(np.mean(successes))}
+    return {"episodes": kept, "episodes_run": len(returns), "transitions": n,
+            "return_mean": float(np.mean(returns)), "success_rate": float(np.mean(successes))}
+
+
+class scripted_expert:  # noqa: N801 - used like a function that builds a policy
+    """The env's scripted expert (``env.unwrapped.expert_action()``: privileged simulator
+    state) with Gaussian action ``noise``, clipped to [-1, 1]."""
+
+    def __init__(self, env, noise: float, rng: np.random.Generator):
+        self.env, self.noise, self.rng = env.unwrapped, noise, rng
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        action = np.asarray(self.env.expert_action(), np.float32)
+        if self.noise > 0:
+            action = action + self.noise * self.rng.normal(size=action.shape).astype(np.float32)
+        return np.clip(action, -1, 1).astype(np.float32)
+
+
+def check_scripted(env, name: str) -> None:
+    """One-line error, before anything is written, when ``name`` has no scripted expert."""
+    if not hasattr(env.unwrapped, "expert_action"):
+        raise ValueError(f"kind 'scripted': env {name!r} has no scripted expert (expert_action); scripted envs: "
+                         "reach, push, robosuite/Lift, robosuite/PickPlaceCan and LIBERO pick-and-place tasks")
+    env.reset(seed=0)
+    env.unwrapped.expert_action()  # raises with the list of scripted tasks when this one has none
 
 
 def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
@@ -191,18 +240,20 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
     unknown = sorted(set(cfg.kinds) - set(ALL_KINDS))
     if unknown:
         raise ValueError(f"unknown dataset kind {unknown[0]!r}; choose from {list(ALL_KINDS)}")
-    if "scripted" in cfg.kinds and cfg.env != "reach":
-        raise ValueError(f"kind 'scripted' exists for env=reach only, not {cfg.env!r}")
-    if "scripted" in cfg.kinds and cfg.env_kwargs.get("proprio_only"):
+    if "scripted" in cfg.kinds and cfg.env == "reach" and cfg.env_kwargs.get("proprio_only"):
         raise ValueError("kind 'scripted' steers by the target in the state, which proprio_only=true hides; "
                          "set env.proprio_only=false")
     existing = [k for k in cfg.kinds if (output / k).exists()]
     if existing:
         raise FileExistsError(f"{output / existing[0]} already exists; choose another output= or delete it")
+    recorder_kw = dict(keys=cfg.keys or DEFAULT_KEYS, ground_truth=cfg.ground_truth)
+    env = envs.make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs)
+    if "scripted" in cfg.kinds and cfg.env != "reach":
+        check_scripted(env, cfg.env)
     cache = policy_cache(cfg, output)
     stats: dict[str, Any] = {}
     if "medium_replay" in cfg.kinds:
-        rec = DatasetRecorder(output / "medium_replay", fps=cfg.fps)
+        rec = DatasetRecorder(output / "medium_replay", fps=cfg.fps, **recorder_kw)
         medium_at = cfg.sac.medium_at
 
         def record(t: Transition, step: int) -> None:
@@ -215,17 +266,18 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
     elif {"medium", "expert", "medium_expert"} & set(cfg.kinds):
         stages = train_stages(cfg, cache, env_kwargs={k: v for k, v in cfg.env_kwargs.items()
                                                       if k not in ("pixels", "cameras", "image_size")})
-    env = envs.make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs)
     rng = np.random.default_rng(cfg.seed + 1)
     actors = {}
 
     def policy_fn(name: str) -> Callable[[dict], np.ndarray]:
         if name == "random":
             return lambda obs: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
-        if name == "scripted":
+        if name == "scripted" and cfg.env == "reach":
             return scripted_reach(cfg.scripted_noise, rng, distracted=cfg.scripted_distracted)
+        if name == "scripted":
+            return scripted_expert(env, cfg.expert_noise, rng)
         if name not in actors:
-            actors[name] = load_actor(stages[name])
+            actors[name] = load_policy(stages[name])
         return lambda obs: actors[name].act({"state": obs["state"][None]})[0]
 
     torch.manual_seed(cfg.seed + 2)
@@ -233,12 +285,13 @@ def generate(cfg: GenerateConfig, output: str | Path) -> dict[str, Any]:
         if kind == "medium_replay":
             continue
         seed = cfg.seed * 1_000_003 + ALL_KINDS.index(kind) * 100_000
-        with DatasetRecorder(output / kind, fps=cfg.fps) as rec:
+        with DatasetRecorder(output / kind, fps=cfg.fps, **recorder_kw) as rec:
             parts = ["medium", "expert"] if kind == "medium_expert" else [kind]
             stats[kind] = {}
             first = 0
             for part in parts:
-                s = rollout(env, policy_fn(part), cfg.steps, rec, seed + first, first, desc=f"{kind}:{part}")
+                s = rollout(env, policy_fn(part), cfg.steps, rec, seed + first, first, desc=f"{kind}:{part}",
+                            success_only=cfg.success_only and part == "scripted")
                 stats[kind][part] = s
                 first += s["episodes"]
     env.close()

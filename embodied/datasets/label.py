@@ -47,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 from embodied.contracts import EpisodeLabels, RewardModel, TrainableReward
+from embodied.datasets.keys import DEFAULT_KEYS, DatasetKeys
 
 log = logging.getLogger("embodied")
 
@@ -54,30 +55,31 @@ LABEL_COLUMNS = ("next.reward", "progress", "success", "label_ok")
 
 
 # ----------------------------------------------------------------------------- checks
-def resolve_camera(ds, camera: str | None) -> str:
+def resolve_camera(ds, camera: str | None, keys: DatasetKeys = DEFAULT_KEYS) -> str:
+    """The camera to label from, by the env's name (``keys`` maps it to the dataset's column)."""
     from embodied.datasets.read import camera_names
 
-    cams = camera_names(ds)
+    keys.check(ds)
+    cams = camera_names(ds, keys)
     if not cams:
         raise ValueError("the dataset has no camera (observation.images.*); a reward module needs frames")
     if camera is None:
         return cams[0]
-    name = camera.removeprefix("observation.images.")
+    name = keys.env_camera(camera) if camera.startswith("observation.images.") else camera
     if name not in cams:
         raise ValueError(f"the dataset has no camera {camera!r}; its cameras: {cams}")
     return name
 
 
-def check_source(ds, camera: str) -> None:
+def check_source(ds, camera: str, keys: DatasetKeys = DEFAULT_KEYS) -> None:
     """Bad input -> one-line error, before any work: no actions, NaNs, mismatched images."""
     import av
 
-    from embodied.datasets.record import IMAGE_PREFIX
-
     feats = ds.meta.features
-    if "action" not in feats:
-        raise ValueError("the dataset has no 'action' column; labeled data must be usable for offline RL")
-    key = IMAGE_PREFIX + camera
+    if keys.action not in feats:
+        raise ValueError(f"the dataset has no {keys.action!r} column; labeled data must be usable for offline RL "
+                         "(name it with dataset_keys.action)")
+    key = keys.column(camera)
     want = tuple(feats[key]["shape"])  # (H, W, 3)
     if feats[key]["dtype"] == "video":
         files = {ds.meta.get_video_file_path(i, key) for i in range(ds.meta.total_episodes)}
@@ -198,7 +200,7 @@ def truth(ep) -> np.ndarray:
 
 
 def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None, pairs: int, seed: int,
-                    partial: Path, oracle=None) -> dict[str, Any]:
+                    partial: Path, oracle=None, keys: DatasetKeys = DEFAULT_KEYS) -> dict[str, Any]:
     """Label ``pairs`` frame pairs of the dataset with the module, fit its reward, save it."""
     from embodied import checkpoint
     from embodied.datasets.read import iter_episodes
@@ -208,7 +210,7 @@ def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None
         state = checkpoint.load(store)
         model.load_state_dict(state["model"])
         return dict(state["metrics"])
-    episodes = list(iter_episodes(ds, [camera]))
+    episodes = list(iter_episodes(ds, [camera], keys=keys))
     for ep in episodes if oracle is not None else ():
         oracle.add_episode(ep.frames[camera], truth(ep))
     metrics = model.fit_on_episodes([ep.frames[camera] for ep in episodes], pairs,
@@ -220,13 +222,15 @@ def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None
 def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], RewardModel], reward_cfg: dict[str, Any],
                   camera: str | None = None, instruction: str | None = None, repo_id: str | None = None,
                   plot_episodes: int = 6, show_progress: bool = True, preference_pairs: int = 0,
-                  preference_seed: int = 0) -> dict[str, Any]:
+                  preference_seed: int = 0, keys: DatasetKeys = DEFAULT_KEYS) -> dict[str, Any]:
     """Label ``source`` (path, hub id or an open LeRobotDataset) into a new dataset at ``output``.
 
     ``model`` may be a zero-argument factory: it is called only after every input check
     passed and only when there is something to label. A module whose VLM (or preference
     labeler) is the scripted oracle answers from the dataset's ``gt.progress`` column, so
-    such a module refuses a dataset without it. Returns the summary also stored in
+    such a module refuses a dataset without it. ``keys``: the dataset's names of the
+    env's cameras and columns (``camera`` is then the env's name, e.g. ``agentview`` for
+    LeRobot's LIBERO ``observation.images.image``). Returns the summary also stored in
     ``<output>/meta/labeling.json``.
     """
     from tqdm import tqdm
@@ -238,9 +242,11 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     output = Path(output).expanduser().resolve()
     if output == Path(ds.root).resolve():
         raise ValueError("output must differ from the input dataset; the source is never modified")
-    camera = resolve_camera(ds, camera or reward_cfg.get("camera") or getattr(model, "camera", None))
-    check_source(ds, camera)
+    camera = resolve_camera(ds, camera or reward_cfg.get("camera") or getattr(model, "camera", None), keys)
+    check_source(ds, camera, keys)
     job = make_job(ds, reward_cfg, camera, instruction)
+    if keys != DEFAULT_KEYS:
+        job["keys"] = {"cameras": keys.cameras, "state": keys.state, "action": keys.action}
     job["preferences"] = [preference_pairs, preference_seed]
     state = check_output(output, job)
     if state == "done":
@@ -267,16 +273,16 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     preference_metrics = None
     if trainable:
         preference_metrics = fit_preferences(ds, model, camera, instruction, preference_pairs, preference_seed,
-                                             partial, scripted)
+                                             partial, scripted, keys)
         log.info("preference reward fit: %s", preference_metrics)
     start = time.time()
     frames_done = 0
     with ThreadPoolExecutor(1) as pool:  # decode the next episode while the model runs
-        fut = pool.submit(read_episode, ds, todo[0], [camera]) if todo else None
+        fut = pool.submit(read_episode, ds, todo[0], [camera], keys) if todo else None
         for k, index in enumerate(tqdm(todo, desc="labeling", unit="ep", disable=not show_progress,
                                        initial=len(episodes) - len(todo), total=len(episodes))):
             ep = fut.result()
-            fut = pool.submit(read_episode, ds, todo[k + 1], [camera]) if k + 1 < len(todo) else None
+            fut = pool.submit(read_episode, ds, todo[k + 1], [camera], keys) if k + 1 < len(todo) else None
             if scripted is not None:
                 scripted.add_episode(ep.frames[camera], truth(ep))
             labels = label_one(model, ep.frames[camera], instruction or ep.task)

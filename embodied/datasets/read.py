@@ -5,6 +5,12 @@ Any LeRobotDataset (v3) works, not only ones this project recorded: cameras are 
 when present, the reward a chosen column (``next.reward`` after ``embodied-label``,
 ``gt.reward`` for the simulator's ground truth).
 
+A :class:`DatasetKeys` map says which dataset columns hold the env's cameras, state and
+actions when they are named differently: LeRobot's LIBERO datasets store the
+``agentview`` camera as ``observation.images.image`` and the wrist camera as
+``observation.images.wrist_image`` (``configs/dataset_keys/lerobot_libero.yaml``). Every
+reader below speaks the env's names; only this map knows the dataset's.
+
 Row ``t`` is the transition ``frame t --action t--> frame t+1``. The last row of an
 episode has no stored successor: its ``next_obs`` is its own observation (as LeRobot's
 own offline buffer does) and it is terminal when ``next.terminated`` (or, lacking that
@@ -23,9 +29,11 @@ import numpy as np
 log = logging.getLogger("embodied")
 
 from embodied.contracts import Transition
-from embodied.datasets.record import IMAGE_PREFIX, STATE_KEY
+from embodied.datasets.keys import DEFAULT_KEYS, IMAGE_PREFIX, DatasetKeys
 
 SKIP_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
 
 
 def open_dataset(source: str | Path, download_videos: bool = True):
@@ -46,9 +54,9 @@ def open_dataset(source: str | Path, download_videos: bool = True):
                                 "download it first or pass a local folder") from e
 
 
-def camera_names(ds) -> list[str]:
-    """Camera names (``observation.images.<name>``) of a dataset."""
-    return [k[len(IMAGE_PREFIX):] for k in ds.meta.camera_keys if k.startswith(IMAGE_PREFIX)]
+def camera_names(ds, keys: DatasetKeys = DEFAULT_KEYS) -> list[str]:
+    """Camera names of a dataset, as the env calls them (``keys``; default ``observation.images.<name>``)."""
+    return [keys.env_camera(k) for k in ds.meta.camera_keys if k.startswith(IMAGE_PREFIX)]
 
 
 @dataclass
@@ -83,16 +91,17 @@ def _decode(ds, index: int, key: str, timestamps: np.ndarray) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).numpy()
 
 
-def read_episode(ds, index: int, cameras: Sequence[str] | None = None) -> Episode:
-    """Episode ``index`` with the frames of ``cameras`` (default: all; ``[]``: none)."""
+def read_episode(ds, index: int, cameras: Sequence[str] | None = None, keys: DatasetKeys = DEFAULT_KEYS) -> Episode:
+    """Episode ``index`` with the frames of ``cameras`` (env names; default: all; ``[]``: none)."""
     start, stop = episode_rows(ds, index)
     rows = ds.hf_dataset.with_format("numpy")[start:stop]
-    cams = camera_names(ds) if cameras is None else list(cameras)
+    cams = camera_names(ds, keys) if cameras is None else list(cameras)
     frames = {}
     for cam in cams:
-        key = IMAGE_PREFIX + cam
+        key = keys.column(cam)
         if key not in ds.meta.features:
-            raise ValueError(f"dataset has no camera {cam!r}; cameras: {camera_names(ds)}")
+            raise ValueError(f"dataset has no camera {cam!r} (column {key}); cameras: {camera_names(ds, keys)}; "
+                             "map the env's cameras to the dataset's with dataset_keys")
         if ds.meta.features[key]["dtype"] == "video":
             frames[cam] = _decode(ds, index, key, rows["timestamp"])
         else:  # stored as images
@@ -100,15 +109,16 @@ def read_episode(ds, index: int, cameras: Sequence[str] | None = None) -> Episod
     tasks = ds.hf_dataset[start:start + 1]["task_index"]
     task = ds.meta.tasks.index[int(np.asarray(tasks).reshape(-1)[0])]
     columns = {k: np.asarray(v) for k, v in rows.items()
-               if k not in SKIP_COLUMNS and k not in ("action", STATE_KEY) and not k.startswith(IMAGE_PREFIX)
+               if k not in SKIP_COLUMNS and k not in (keys.action, keys.state) and not k.startswith(IMAGE_PREFIX)
                and np.asarray(v).dtype.kind in "biuf"}
-    state = np.asarray(rows[STATE_KEY], np.float32) if STATE_KEY in rows else None
-    return Episode(index, str(task), frames, np.asarray(rows["action"], np.float32), state, columns)
+    state = np.asarray(rows[keys.state], np.float32) if keys.state in rows else None
+    return Episode(index, str(task), frames, np.asarray(rows[keys.action], np.float32), state, columns)
 
 
-def iter_episodes(ds, cameras: Sequence[str] | None = None, episodes: Sequence[int] | None = None) -> Iterator[Episode]:
+def iter_episodes(ds, cameras: Sequence[str] | None = None, episodes: Sequence[int] | None = None,
+                  keys: DatasetKeys = DEFAULT_KEYS) -> Iterator[Episode]:
     for index in range(ds.meta.total_episodes) if episodes is None else episodes:
-        yield read_episode(ds, int(index), cameras)
+        yield read_episode(ds, int(index), cameras, keys)
 
 
 def _flat(x: np.ndarray | None, n: int, default: Any) -> np.ndarray:
@@ -148,31 +158,37 @@ def episode_transitions(ep: Episode, reward_key: str = "next.reward", episode_id
     return out
 
 
-def dataset_spaces(ds, cameras: Sequence[str] | None = None):
-    """(observation_space, action_space) of the dataset as gymnasium spaces."""
+def dataset_spaces(ds, cameras: Sequence[str] | None = None, keys: DatasetKeys = DEFAULT_KEYS):
+    """(observation_space, action_space) of the dataset as gymnasium spaces (env names)."""
     from gymnasium import spaces
 
+    feats = ds.meta.features
     obs: dict[str, Any] = {}
-    cams = camera_names(ds) if cameras is None else list(cameras)
+    cams = camera_names(ds, keys) if cameras is None else list(cameras)
+    for cam in cams:
+        if keys.column(cam) not in feats:
+            raise ValueError(f"the env's camera {cam!r} is not in the dataset (no column {keys.column(cam)}; "
+                             f"cameras: {camera_names(ds, keys)}); map it with dataset_keys.cameras.{cam}=<column>")
     if cams:
-        obs["pixels"] = spaces.Dict({c: spaces.Box(0, 255, tuple(ds.meta.features[IMAGE_PREFIX + c]["shape"]), np.uint8)
+        obs["pixels"] = spaces.Dict({c: spaces.Box(0, 255, tuple(feats[keys.column(c)]["shape"]), np.uint8)
                                      for c in cams})
-    if STATE_KEY in ds.meta.features:
-        obs["state"] = spaces.Box(-np.inf, np.inf, tuple(ds.meta.features[STATE_KEY]["shape"]), np.float32)
-    if "action" not in ds.meta.features:
-        raise ValueError("dataset has no 'action' column; offline RL needs actions")
-    action = spaces.Box(-1.0, 1.0, tuple(ds.meta.features["action"]["shape"]), np.float32)
+    if keys.state in feats:
+        obs["state"] = spaces.Box(-np.inf, np.inf, tuple(feats[keys.state]["shape"]), np.float32)
+    if keys.action not in feats:
+        raise ValueError(f"dataset has no {keys.action!r} column; offline RL needs actions "
+                         "(name the column with dataset_keys.action)")
+    action = spaces.Box(-1.0, 1.0, tuple(feats[keys.action]["shape"]), np.float32)
     return spaces.Dict(obs), action
 
 
-def action_bounds(ds) -> tuple[np.ndarray, np.ndarray] | None:
+def action_bounds(ds, keys: DatasetKeys = DEFAULT_KEYS) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-dimension (low, high) of the dataset's actions when they leave [-1, 1], else None.
 
     The contracts keep actions in [-1, 1]; a dataset recorded in a robot's own units (joint
     angles, gripper millimetres) is mapped onto it with these bounds, and the robot adapter
     maps [-1, 1] back onto the same range.
     """
-    actions = np.asarray(ds.hf_dataset.with_format("numpy")["action"], np.float64).reshape(ds.meta.total_frames, -1)
+    actions = np.asarray(ds.hf_dataset.with_format("numpy")[keys.action], np.float64).reshape(ds.meta.total_frames, -1)
     low, high = actions.min(0), actions.max(0)
     if low.min() >= -1.0 - 1e-6 and high.max() <= 1.0 + 1e-6:
         return None
@@ -188,7 +204,8 @@ def to_unit(action: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.nda
 
 def load_replay(source, obs_space=None, action_space=None, reward_key: str | None = None,
                 cameras: Sequence[str] | None = None, capacity: int | None = None, n_step: int = 1,
-                gamma: float = 0.99, seed: int = 0, bounds: tuple[np.ndarray, np.ndarray] | None = None):
+                gamma: float = 0.99, seed: int = 0, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                keys: DatasetKeys = DEFAULT_KEYS):
     """A :class:`embodied.replay.Replay` (``offline=True``) holding every row of a dataset.
 
     ``obs_space`` / ``action_space`` (an env's): the replay takes the env's layout and
@@ -196,11 +213,13 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
     sizes). Without them the layout comes from the dataset; ``cameras=[]`` loads state
     only (fast), default every camera. ``reward_key`` None: ``next.reward`` (labels) when
     the dataset has it, else the simulator's ``gt.reward`` (logged). ``bounds``: (low, high)
-    of the dataset's actions, mapped onto [-1, 1] (see :func:`action_bounds`).
+    of the dataset's actions, mapped onto [-1, 1] (see :func:`action_bounds`). ``keys``: the
+    dataset's names for the env's cameras / state / actions (:class:`DatasetKeys`).
     """
     from embodied.replay import Replay
 
     ds = source if hasattr(source, "meta") else open_dataset(source)
+    keys.check(ds)
     if reward_key is None:
         reward_key = "next.reward" if "next.reward" in ds.meta.features else "gt.reward"
         if reward_key == "gt.reward" and reward_key in ds.meta.features:
@@ -210,7 +229,7 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
                          "or use reward_key=gt.reward for the simulator's ground truth")
     if obs_space is not None:
         cameras = list(obs_space["pixels"].spaces) if "pixels" in obs_space.spaces else []
-    ds_obs, ds_action = dataset_spaces(ds, cameras)
+    ds_obs, ds_action = dataset_spaces(ds, cameras, keys)
     if obs_space is None:
         obs_space, action_space = ds_obs, ds_action
     else:
@@ -228,7 +247,7 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
     replay = Replay(capacity or ds.meta.total_frames, obs_space, action_space or ds_action, n_step=n_step,
                     gamma=gamma, seed=seed, offline=True, final_capacity=ds.meta.total_episodes + 1)
     skipped = []
-    for ep in iter_episodes(ds, cameras):
+    for ep in iter_episodes(ds, cameras, keys=keys):
         if "label_ok" in ep.columns and not np.asarray(ep.columns["label_ok"]).all():
             skipped.append(ep.index)  # labeling failed: rows hold NaN rewards, never train on them
             continue

@@ -18,6 +18,12 @@ Columns written:
 ``gt.progress``               float32, ``info["progress"]`` after the step (NaN when absent)
 ``task``                      the instruction (``obs["instruction"]`` or ``task=``)
 
+``keys`` (a :class:`~embodied.datasets.keys.DatasetKeys`) renames the camera / state /
+action columns, and ``ground_truth=False`` leaves out the ``next.*`` / ``gt.*`` columns:
+together they write another project's layout, e.g. LeRobot's LIBERO datasets
+(``observation.images.image``, ``observation.images.wrist_image``, ``observation.state``,
+``action``, ``task`` and nothing else).
+
 Labels written later by ``embodied-label`` go to ``next.reward`` / ``progress`` /
 ``success``, so ground truth and labels cannot be confused.
 """
@@ -31,24 +37,24 @@ import numpy as np
 
 from embodied.contracts import Obs, Transition
 
-IMAGE_PREFIX = "observation.images."
-STATE_KEY = "observation.state"
+from embodied.datasets.keys import DEFAULT_KEYS, IMAGE_PREFIX, STATE_KEY, DatasetKeys  # noqa: F401 - re-exported
 GT_COLUMNS = ("gt.reward", "gt.success", "gt.progress")
 
 
-def dataset_features(obs: Obs, action_dim: int) -> dict[str, dict]:
-    """LeRobot feature spec for observations shaped like ``obs``."""
+def dataset_features(obs: Obs, action_dim: int, keys: DatasetKeys = DEFAULT_KEYS,
+                     ground_truth: bool = True) -> dict[str, dict]:
+    """LeRobot feature spec for observations shaped like ``obs`` (columns named by ``keys``)."""
     features: dict[str, dict] = {}
     for cam, img in (obs.get("pixels") or {}).items():
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
             raise ValueError(f"camera {cam!r} must give (H, W, 3) uint8 images, got {img.shape} {img.dtype}")
-        features[IMAGE_PREFIX + cam] = {"dtype": "video", "shape": tuple(img.shape), "names": ["height", "width", "channels"]}
+        features[keys.column(cam)] = {"dtype": "video", "shape": tuple(img.shape), "names": ["height", "width", "channels"]}
     if "state" in obs:
-        features[STATE_KEY] = {"dtype": "float32", "shape": (int(np.asarray(obs["state"]).size),), "names": None}
-    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": None}
+        features[keys.state] = {"dtype": "float32", "shape": (int(np.asarray(obs["state"]).size),), "names": None}
+    features[keys.action] = {"dtype": "float32", "shape": (action_dim,), "names": None}
     for key, dtype in [("next.done", "bool"), ("next.terminated", "bool"), ("gt.reward", "float32"),
-                       ("gt.success", "bool"), ("gt.progress", "float32")]:
+                       ("gt.success", "bool"), ("gt.progress", "float32")] if ground_truth else ():
         features[key] = {"dtype": dtype, "shape": (1,), "names": None}
     return features
 
@@ -65,7 +71,8 @@ class DatasetRecorder:
     """
 
     def __init__(self, root: str | Path, fps: int = 10, task: str | None = None,
-                 repo_id: str | None = None, robot_type: str | None = None, cameras: list[str] | None = None):
+                 repo_id: str | None = None, robot_type: str | None = None, cameras: list[str] | None = None,
+                 keys: DatasetKeys = DEFAULT_KEYS, ground_truth: bool = True):
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()):
             raise FileExistsError(f"dataset folder {self.root} already exists and is not empty; pick a new path")
@@ -74,6 +81,7 @@ class DatasetRecorder:
         self.repo_id = repo_id or f"local/{self.root.name}"
         self.robot_type = robot_type
         self.cameras = cameras  # None: every camera in the observation
+        self.keys, self.ground_truth = keys, ground_truth
         self.dataset = None
         self.num_episodes = 0
         self._open: dict[int, list[Transition]] = {}  # episode_id -> its steps so far
@@ -82,7 +90,7 @@ class DatasetRecorder:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         obs = self._select(t.obs)
-        features = dataset_features(obs, int(np.asarray(t.action).size))
+        features = dataset_features(obs, int(np.asarray(t.action).size), self.keys, self.ground_truth)
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self.dataset = LeRobotDataset.create(self.repo_id, fps=self.fps, features=features, root=self.root,
                                              robot_type=self.robot_type, use_videos=True)
@@ -115,15 +123,16 @@ class DatasetRecorder:
         if not task:
             raise ValueError("no instruction in the observation: pass task= to DatasetRecorder")
         info = t.info or {}
-        frame: dict[str, Any] = {IMAGE_PREFIX + c: np.asarray(img) for c, img in (obs.get("pixels") or {}).items()}
+        frame: dict[str, Any] = {self.keys.column(c): np.asarray(img) for c, img in (obs.get("pixels") or {}).items()}
         if "state" in obs:
-            frame[STATE_KEY] = np.asarray(obs["state"], np.float32).reshape(-1)
-        frame["action"] = np.asarray(t.action, np.float32).reshape(-1)
-        frame["next.done"] = np.array([t.done])
-        frame["next.terminated"] = np.array([t.terminated])
-        frame["gt.reward"] = np.array([t.reward], np.float32)
-        frame["gt.success"] = np.array([bool(info.get("success", False))])
-        frame["gt.progress"] = np.array([info.get("progress", np.nan)], np.float32)
+            frame[self.keys.state] = np.asarray(obs["state"], np.float32).reshape(-1)
+        frame[self.keys.action] = np.asarray(t.action, np.float32).reshape(-1)
+        if self.ground_truth:
+            frame["next.done"] = np.array([t.done])
+            frame["next.terminated"] = np.array([t.terminated])
+            frame["gt.reward"] = np.array([t.reward], np.float32)
+            frame["gt.success"] = np.array([bool(info.get("success", False))])
+            frame["gt.progress"] = np.array([info.get("progress", np.nan)], np.float32)
         frame["task"] = str(task)
         self.dataset.add_frame(frame)
 

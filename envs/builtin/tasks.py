@@ -168,6 +168,14 @@ class TabletopEnv(gym.Env):
         set_physics(self.model, self.data, saved)
         return self._obs()
 
+    def expert_action(self) -> np.ndarray:
+        """The task's scripted controller (``envs.builtin.scripted.CONTROLLERS``) on the full
+        state, privileged even with ``proprio_only``: what ``embodied-eval policy=scripted``
+        runs, as the robosuite / LIBERO adapters' experts read their simulator."""
+        from envs.builtin.scripted import CONTROLLERS
+
+        return CONTROLLERS[self.name](self._state(), max_delta=self.max_delta)
+
     # --- helpers -----------------------------------------------------------------------
     def _render(self, camera: str, size: int) -> np.ndarray:
         renderer = self._renderers.get(size)
