@@ -80,22 +80,29 @@ def make_env(
 
 
 def make_vec_env(
-    name: str, num_envs: int, seed: int | None = None, *, asynchronous: bool = False, **kwargs: Any
+    name: str, num_envs: int, seed: int | None = None, *, asynchronous: bool = False,
+    per_env_kwargs: Sequence[dict[str, Any]] | None = None, **kwargs: Any
 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``make_env(name, **kwargs)`` in a gymnasium vector env.
 
-    Env ``i`` gets seed ``seed + i``. Autoreset is SAME_STEP: when an episode ends, the
-    returned observation is already the next episode's first one and the final
-    observation is in ``info["final_obs"]`` (``info["final_info"]`` for its info), so no
-    fake transition across the episode boundary exists. ``obs["instruction"]`` is a
+    Env ``i`` gets seed ``seed + i`` and, with ``per_env_kwargs``, its own settings on top
+    of the shared ones: ``make_env(name, **{**kwargs, **per_env_kwargs[i]})`` (e.g. LIBERO's
+    ``init_state_id=i, init_state_stride=num_envs`` for a fixed-initial-state evaluation).
+    Autoreset is SAME_STEP: when an episode ends, the returned observation is already the
+    next episode's first one and the final observation is in ``info["final_obs"]``
+    (``info["final_info"]`` for its info), so no fake transition across the episode
+    boundary exists. ``obs["instruction"]`` is a
     tuple of ``num_envs`` strings.
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     _resolve(name)  # fail early, in this process, on an unknown name
+    if per_env_kwargs is not None and len(per_env_kwargs) != int(num_envs):
+        raise ValueError(f"per_env_kwargs must hold one dict per env ({num_envs}), got {len(per_env_kwargs)}")
 
     def thunk(i: int) -> Callable[[], gym.Env]:
-        return lambda: make_env(name, seed=None if seed is None else seed + i, **kwargs)
+        kw = {**kwargs, **(per_env_kwargs[i] if per_env_kwargs is not None else {})}
+        return lambda: make_env(name, seed=None if seed is None else seed + i, **kw)
 
     fns = [thunk(i) for i in range(int(num_envs))]
     mode = gym.vector.AutoresetMode.SAME_STEP

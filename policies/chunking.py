@@ -47,10 +47,11 @@ def select(obs: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
 class ChunkExecutor:
     """Plays a policy's action chunks with one queue per env (see the module docstring)."""
 
-    def __init__(self, policy: Any, num_envs: int, execute: int | None = None):
+    def __init__(self, policy: Any, num_envs: int, execute: int | None = None, deterministic: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.policy, self.num_envs = policy, int(num_envs)
+        self.deterministic = bool(deterministic)  # used when a call does not say (the Driver's calls)
         self.chunk_size = int(getattr(policy, "chunk_size", 1))
         self.execute = int(execute or self.chunk_size)
         if not 1 <= self.execute <= self.chunk_size:
@@ -67,7 +68,8 @@ class ChunkExecutor:
         if hasattr(self.policy, "reset"):
             self.policy.reset(list(ids))
 
-    def __call__(self, obs: dict[str, Any], deterministic: bool = False) -> PolicyStep:
+    def __call__(self, obs: dict[str, Any], deterministic: bool | None = None) -> PolicyStep:
+        deterministic = self.deterministic if deterministic is None else bool(deterministic)
         if self.chunk_size == 1:
             step = policy_step(self.policy, obs, self.state, deterministic)
             self.state = step.state
@@ -100,6 +102,6 @@ class ChunkExecutor:
                 out[key][rows] = parts[key]
         return out
 
-    def act(self, obs: dict[str, Any], deterministic: bool = False) -> np.ndarray:
+    def act(self, obs: dict[str, Any], deterministic: bool | None = None) -> np.ndarray:
         """Just the (B, A) actions of :meth:`__call__`."""
         return self(obs, deterministic).action

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import policies
 from embodied import checkpoint
 
 TINY = [
@@ -45,6 +46,9 @@ def test_smoke_run_writes_checkpoint_video_curve_and_metrics(tmp_path):
     state = checkpoint.load(run / "checkpoints")
     assert state["counters"]["env_steps"] == 240
     assert (run / "wandb").exists()
+    policy = policies.load_policy(run)  # the run folder is evaluable: <run>/policy holds the final policy
+    assert checkpoint.latest(run / "policy").name == f"step_{state['counters']['updates']:010d}"
+    assert policy.act({"state": np.zeros((2, 8), np.float32)}, deterministic=True).shape == (2, 2)
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):

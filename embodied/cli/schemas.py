@@ -113,3 +113,44 @@ def check_train_config(cfg) -> None:
         if cfg.reward.name != "env":
             raise ValueError("env=none reads the dataset's rewards (next.reward); label it first with "
                              "embodied-label and keep reward=env")
+
+
+@dataclass
+class EvalConfig:
+    """``embodied-eval`` (configs/eval.yaml)."""
+
+    policy: str = ""
+    tasks: str | int | list[int] | None = None
+    episodes: int = num(ge=1)
+    num_envs: int = num(ge=1)
+    seed: int = 0
+    video_episodes: int = num(ge=0)
+    output: str = ""
+    deterministic: bool = True
+    device: str = "cpu"
+    threads: int = num(ge=1)
+    env: EnvSection = field(default_factory=EnvSection)
+
+
+def check_eval_config(cfg) -> None:
+    """An ``embodied-eval`` config: known keys, types, ranges, the settings that go together."""
+    import dataclasses
+
+    from embodied.schema import check
+
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; embodied-eval takes {', '.join(sorted(known))}")
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "policy"):
+        raise ValueError("policy is required: set policy=<run folder | policy folder | scripted | random>")
+    check(cfg, EvalConfig)
+    if cfg.env.name == "none":
+        raise ValueError("env=none has nothing to roll out in; choose an env, e.g. env=libero_spatial or env=reach")
+    if isinstance(cfg.tasks, str) and cfg.tasks != "all":
+        raise ValueError(f"tasks must be null, all, or a list of task ids, got {cfg.tasks!r}")
+    if cfg.env.get("init_state_id") is not None or cfg.env.get("init_state_stride", 1) != 1:
+        raise ValueError("env.init_state_id / env.init_state_stride are set by embodied-eval (episode i starts "
+                         "from the task's fixed init state i); leave them at null / 1")
