@@ -28,12 +28,6 @@ from policies.chunking import ChunkExecutor
 log = logging.getLogger("embodied")
 
 
-def env_kwargs(cfg_env: DictConfig) -> dict[str, Any]:
-    kw = OmegaConf.to_container(cfg_env, resolve=True)
-    kw.pop("name")
-    return kw
-
-
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         import envs
@@ -54,9 +48,9 @@ class Trainer:
             obs_space, act_space = self._dataset_spaces(inputs)
             self.venv = self.eval_env = None
         else:
-            kw = env_kwargs(cfg.env)
-            if self.reward_model is not None:
-                kw["pixels"] = True  # reward models read frames, whatever the learner reads
+            # reward models read frames, whatever the learner reads
+            kw = envs.kwargs_from_config(OmegaConf.to_container(cfg.env, resolve=True),
+                                         pixels=True if self.reward_model is not None else None)
             self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
             self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
             obs_space = self.venv.single_observation_space

@@ -13,6 +13,6 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 from envs.checker import check_env  # noqa: E402
-from envs.registry import list_envs, make_env, make_vec_env, register_env  # noqa: E402
+from envs.registry import kwargs_from_config, list_envs, make_env, make_vec_env, register_env  # noqa: E402
 
-__all__ = ["check_env", "list_envs", "make_env", "make_vec_env", "register_env"]
+__all__ = ["check_env", "kwargs_from_config", "list_envs", "make_env", "make_vec_env", "register_env"]

@@ -13,7 +13,7 @@ with its time limit applied (a time limit gives ``truncated=True``, never
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 
@@ -77,6 +77,21 @@ def make_env(
     env = factory(*args, pixels=bool(pixels), cameras=cameras, image_size=int(image_size),
                   max_episode_steps=max_episode_steps, **task_kwargs)
     return SeedFirstReset(env, seed)
+
+
+def kwargs_from_config(section: Mapping[str, Any], pixels: bool | None = None) -> dict[str, Any]:
+    """An ``env:`` config section (plain mapping) -> ``make_env`` keyword arguments.
+
+    ``name`` is dropped; ``pixels`` overrides the section's (a reward model needs frames).
+    A config's camera list applies only with pixels on, so ``env=libero_object
+    env.pixels=false`` needs no ``env.cameras=null``.
+    """
+    kw = {k: v for k, v in section.items() if k != "name"}
+    if pixels is not None:
+        kw["pixels"] = bool(pixels)
+    if not kw.get("pixels"):
+        kw.pop("cameras", None)
+    return kw
 
 
 def make_vec_env(

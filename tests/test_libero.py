@@ -117,3 +117,11 @@ def test_import_never_prompts(tmp_path):
     assert "pick up the black bowl" in out.stdout
     assert str(installed_assets_dir()) in out.stdout  # LIBERO's own config points at the package assets
     assert not (tmp_path / "home" / ".libero").exists()  # nothing written to the user's default place
+
+
+def test_config_camera_list_applies_only_with_pixels():
+    from envs import kwargs_from_config
+
+    section = {"name": "libero/libero_object/0", "pixels": False, "cameras": ["agentview"], "image_size": 64}
+    assert kwargs_from_config(section) == {"pixels": False, "image_size": 64}
+    assert kwargs_from_config(section, pixels=True)["cameras"] == ["agentview"]

@@ -93,10 +93,11 @@ def test_a_task_config_does_not_impose_its_time_limit_on_another_task():
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose("config", overrides=["env=gym_reacher", "env.name=gym/Pusher-v5"])
-    import envs
-    from embodied.loop import env_kwargs
+    from omegaconf import OmegaConf
 
-    env = envs.make_env(cfg.env.name, **env_kwargs(cfg.env))
+    import envs
+
+    env = envs.make_env(cfg.env.name, **envs.kwargs_from_config(OmegaConf.to_container(cfg.env)))
     steps, done = 0, False
     env.reset(seed=0)
     while not done:

@@ -31,7 +31,9 @@ def run(cfg) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     tasks = resolve_tasks(cfg.env.name, config["tasks"])
     policy = resolve_policy(cfg.policy, seed=int(cfg.seed), device=str(cfg.device))
-    env_kwargs = {k: v for k, v in config["env"].items() if k != "name"}
+    import envs
+
+    env_kwargs = envs.kwargs_from_config(config["env"])
     results = evaluate_suite(policy, tasks, int(cfg.episodes), num_envs=int(cfg.num_envs), seed=int(cfg.seed),
                              env_kwargs=env_kwargs, video_dir=output / "videos", video_episodes=int(cfg.video_episodes),
                              deterministic=bool(cfg.deterministic))
