@@ -269,7 +269,8 @@ def _write_video(path: Path, episodes: list[list[np.ndarray]], fps: int) -> str 
 
 def evaluate_task(make_policy: Callable[[Any], Any], name: str, episodes: int, *, num_envs: int = 1, seed: int = 0,
                   env_kwargs: Mapping[str, Any] | None = None, video_path: str | Path | None = None,
-                  video_episodes: int = 0, deterministic: bool = True, bar: Any = None) -> dict[str, Any]:
+                  video_episodes: int = 0, deterministic: bool = True, bar: Any = None,
+                  asynchronous: bool = False) -> dict[str, Any]:
     """Exactly ``episodes`` episodes of one env name (see the module doc); per-task figures."""
     import envs
     from embodied.driver import Driver
@@ -279,7 +280,8 @@ def evaluate_task(make_policy: Callable[[Any], Any], name: str, episodes: int, *
     per_env = ([{"init_state_id": j, "init_state_stride": n_envs} for j in range(n_envs)]
                if _is_libero(name) else None)
     start = time.time()
-    venv = envs.make_vec_env(name, n_envs, seed=seed, per_env_kwargs=per_env, **dict(env_kwargs or {}))
+    venv = envs.make_vec_env(name, n_envs, seed=seed, per_env_kwargs=per_env, asynchronous=asynchronous and n_envs > 1,
+                             **dict(env_kwargs or {}))
     try:
         policy = make_policy(venv)
         check_policy_fits(policy, venv, name)
@@ -310,14 +312,16 @@ def evaluate_task(make_policy: Callable[[Any], Any], name: str, episodes: int, *
 
 def evaluate_suite(policy: Any, tasks: Sequence[str], episodes: int, *, num_envs: int = 1, seed: int = 0,
                    env_kwargs: Mapping[str, Any] | None = None, video_dir: str | Path | None = None,
-                   video_episodes: int = 0, deterministic: bool = True, progress: bool = True) -> dict[str, Any]:
+                   video_episodes: int = 0, deterministic: bool = True, progress: bool = True,
+                   asynchronous: bool = False) -> dict[str, Any]:
     """Evaluate ``policy`` on every env name of ``tasks``: ``{"tasks": [per task], "overall": ...}``.
 
     policy: a Policy, or a function of the vector env returning one (a policy source such
     as ``scripted`` reads that env). Per task: ``episodes``, ``successes``,
     ``success_rate``, ``ci95`` (Wilson), ``mean_return``, ``mean_length``, ``instruction``,
     ``video`` (``<video_dir>/<task>.mp4``) and the per-episode records; overall: the same
-    pooled over all episodes and ``mean_task_success_rate``.
+    pooled over all episodes and ``mean_task_success_rate``. ``asynchronous``: each sub-env
+    in its own process (LIBERO and robosuite step on the CPU: E processes use E cores).
     """
     from tqdm.auto import tqdm
 
@@ -334,7 +338,7 @@ def evaluate_suite(policy: Any, tasks: Sequence[str], episodes: int, *, num_envs
             video = Path(video_dir) / f"{name.replace('/', '_')}.mp4" if video_dir is not None and video_episodes else None
             results.append(evaluate_task(make_policy, name, episodes, num_envs=num_envs, seed=seed,
                                          env_kwargs=env_kwargs, video_path=video, video_episodes=video_episodes,
-                                         deterministic=deterministic, bar=bar))
+                                         deterministic=deterministic, bar=bar, asynchronous=asynchronous))
             done = summarize_overall(results)
             bar.set_postfix(success=f"{done['success_rate']:.2f}")
     finally:

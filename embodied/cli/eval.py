@@ -36,7 +36,7 @@ def run(cfg) -> dict[str, Any]:
     env_kwargs = envs.kwargs_from_config(config["env"])
     results = evaluate_suite(policy, tasks, int(cfg.episodes), num_envs=int(cfg.num_envs), seed=int(cfg.seed),
                              env_kwargs=env_kwargs, video_dir=output / "videos", video_episodes=int(cfg.video_episodes),
-                             deterministic=bool(cfg.deterministic))
+                             deterministic=bool(cfg.deterministic), asynchronous=bool(cfg.asynchronous))
     title = f"policy `{cfg.policy}` on `{cfg.env.name if len(tasks) == 1 else tasks[0].rsplit('/', 1)[0]}`: " \
             f"{cfg.episodes} episodes per task, seed {cfg.seed}"
     write_report(output, results, config, title)

@@ -123,6 +123,7 @@ class EvalConfig:
     tasks: str | int | list[int] | None = None
     episodes: int = num(ge=1)
     num_envs: int = num(ge=1)
+    asynchronous: bool = False
     seed: int = 0
     video_episodes: int = num(ge=0)
     output: str = ""
