@@ -107,7 +107,7 @@ def make_vec_env(
     next episode's first one and the final observation is in ``info["final_obs"]``
     (``info["final_info"]`` for its info), so no fake transition across the episode
     boundary exists. ``obs["instruction"]`` is a
-    tuple of ``num_envs`` strings.
+    tuple of ``num_envs`` strings. ``asynchronous=True``: one spawned process per env.
     """
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -122,7 +122,9 @@ def make_vec_env(
     fns = [thunk(i) for i in range(int(num_envs))]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if asynchronous:
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, shared_memory=False)
+        # spawn, not fork: a process that already holds threads (torch) or an OpenGL context
+        # (a LIBERO / robosuite renderer) can deadlock its forked children
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, shared_memory=False, context="spawn")
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
