@@ -33,7 +33,10 @@ Learner
     may move; ``rows_per_update`` says how many replay rows one ``update`` takes and
     ``prepare_offline(replay)`` runs before an offline phase (dataset statistics).
     ``policy_weights()`` is what ships to actors, apart from ``state_dict()`` (critics,
-    targets, temperatures and optimisers stay on the learner).
+    targets, temperatures and optimisers stay on the learner). An ``on_policy`` learner
+    (PPO) trains on whole rollouts instead: ``update_rollout(rollout, last_value)`` with a
+    :class:`embodied.replay.RolloutBuffer` its own policy filled, and that policy has
+    ``value(obs)`` for bootstrapping.
 Checkpoint
     Everything stateful exposes ``state_dict()`` / ``load_state_dict()`` and is saved
     together through :mod:`embodied.checkpoint`, written atomically.
@@ -256,6 +259,7 @@ class Learner(abc.ABC):
     """Trains from batches; the policy it exports is all an actor needs."""
 
     device: Any = "cpu"  # torch device of its networks; batches are sampled onto it
+    on_policy: bool = False  # True: trained by update_rollout on rollouts of its own policy (PPO)
 
     @property
     def rows_per_update(self) -> int:

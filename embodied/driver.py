@@ -31,14 +31,23 @@ def unbatch(obs: dict[str, Any], i: int) -> dict[str, Any]:
     return out
 
 
-def _info_at(info: dict[str, Any], i: int) -> dict[str, Any]:
-    out = {}
+def _info_columns(info: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The per-env entries of a vector env's ``info``: ``(key, values, mask or None)``, read
+    once per step (1-D numeric columns as Python lists: a scalar per env without numpy)."""
+    cols = []
     for key, value in info.items():
-        if key.startswith("_") or key in ("final_obs", "final_info"):
+        if key.startswith("_") or key in ("final_obs", "final_info") or isinstance(value, dict):
             continue
-        if isinstance(value, dict):
-            continue
-        mask = info.get(f"_{key}")
+        if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype != object:
+            value = value.tolist()
+        cols.append((key, value, info.get(f"_{key}")))
+    return cols
+
+
+def _info_at(cols: list[tuple[str, Any, Any]], i: int) -> dict[str, Any]:
+    """Env ``i``'s info from :func:`_info_columns` (entries its mask leaves out are skipped)."""
+    out = {}
+    for key, value, mask in cols:
         if mask is None or mask[i]:
             v = value[i]
             out[key] = v.item() if isinstance(v, np.generic) else v
@@ -100,12 +109,13 @@ class Driver:
         actions = np.clip(actions, -1.0, 1.0)
         next_obs, reward, terminated, truncated, info = self.venv.step(actions)
         final_obs = info.get("final_obs")
-        final_info = info.get("final_info", {})
+        step_cols = _info_columns(info)
+        final_cols = _info_columns(info["final_info"]) if "final_info" in info else []
         ended = []
         for i in range(self.num_envs):
             done = bool(terminated[i] or truncated[i])
             nxt = final_obs[i] if done else unbatch(next_obs, i)
-            step_info = _info_at(final_info, i) if done else _info_at(info, i)
+            step_info = _info_at(final_cols if done else step_cols, i)
             t = Transition(
                 obs=unbatch(self.obs, i), action=actions[i], reward=float(reward[i]), next_obs=nxt,
                 terminated=bool(terminated[i]), truncated=bool(truncated[i]),

@@ -70,13 +70,14 @@ class RewardLabeler:
         return "async" if self.model.asynchronous else "inline"
 
     # -- per transition -------------------------------------------------------------
-    def add(self, t: Transition, env_index: int = 0, copy_to=None) -> None:
-        """Store ``t`` (and a copy in ``copy_to``, labeled together with the original)."""
+    def add(self, t: Transition, env_index: int = 0, copy_to=None) -> int:
+        """Store ``t`` (and a copy in ``copy_to``, labeled together with the original); returns
+        its replay slot."""
         if self.model is None:
-            self.replay.add(t, labeled=True)
+            slot = int(self.replay.add(t, labeled=True))
             if copy_to is not None:
                 copy_to.add(t, labeled=True)
-            return
+            return slot
         slot = int(self.replay.add(t, labeled=False))
         self._copies.pop(slot, None)  # the slot's previous transition is gone
         if copy_to is not None:
@@ -96,6 +97,7 @@ class RewardLabeler:
             slots.append(slot)
             if t.terminated or t.truncated:
                 self._submit(t.episode_id, self._episode_slots.pop(t.episode_id), t.obs.get("instruction", ""))
+        return slot
 
     # -- inline frame models ------------------------------------------------------------
     def flush(self) -> None:

@@ -1,6 +1,18 @@
 """The training loop shared by every learner, reward and environment.
 
+Off-policy (SAC, IQL), per env step:
 env --> Driver --> RewardLabeler --> replay (+ offline data) --> learner.update --> policy
+On-policy (PPO, ``learner.on_policy``), per rollout of T steps from the N envs:
+env --> Driver --> RewardLabeler --> replay storage (labels)
+           |--> RolloutCollector (obs, sample, log-prob, V, V(final obs) of truncations)
+    --> labels of the rollout read from the storage --> learner.update_rollout --> policy
+The policy acts from the first step (no random warm-up) and an update only ever sees
+steps of the current policy, each labeled: the env reward, or a frame reward model whose
+pending frames are scored in one batch at the end of the rollout. Episode reward models
+(GVL, VLAC) label a whole episode asynchronously, so a rollout would end with steps
+of unfinished episodes that cannot be labeled yet; ``embodied-train`` refuses them with an
+on-policy learner (embodied/cli/schemas.py). Evaluation, checkpoints, logging are shared.
+
 Every ``checkpoint.every`` env steps the learner, the replay, the labeler and the
 counters are saved together atomically; ``resume=true`` continues from there. Each save,
 and the end of a run, also writes the current policy alone (spec + weights) to
@@ -23,6 +35,7 @@ from embodied.driver import Driver
 from embodied.evaluation import evaluate
 from embodied.build import build_learner, build_replays, build_reward, learner_kwargs, make_labeler, reward_camera
 from embodied.logging import Logger
+from embodied.replay import RolloutCollector
 from policies.chunking import ChunkExecutor
 
 log = logging.getLogger("embodied")
@@ -64,6 +77,10 @@ class Trainer:
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
         self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline)
         self.sample_rows = self.learner.rows_per_update
+        self.collector = None  # on-policy learners: the rollout being collected
+        if self.learner.on_policy and self.venv is not None:
+            self.collector = RolloutCollector(self.learner.cfg.num_steps, cfg.train.num_envs, inputs,
+                                              self.learner.policy().value)
         self.labeler = make_labeler(self.online, self.reward, camera)
         self.recorder = None
         if cfg.train.get("record_dataset"):
@@ -103,13 +120,17 @@ class Trainer:
         if self.venv is None:
             return None
         driver = Driver(self.venv, episode_offset=episode_offset)
-        driver.on_transition(self.labeler.add)
+        driver.on_transition(self.labeler.add if self.collector is None else self._collect)
         driver.on_episode(self._on_episode)
         if self.recorder is not None:
             driver.on_transition(lambda t, i: self.recorder.add(t))
         return driver
 
     # -- callbacks ------------------------------------------------------------------------
+    def _collect(self, t, env_index: int) -> None:
+        """On-policy: the labeler stores (and labels) the transition, the rollout keeps its slot."""
+        self.collector.add(t, env_index, self.labeler.add(t, env_index))
+
     def _on_episode(self, summary: dict[str, Any], env_index: int) -> None:
         self.counters["episodes"] += 1
         self._recent.append(summary)
@@ -167,6 +188,34 @@ class Trainer:
         self.counters["updates"] += 1
         return self.learner.update(batch)
 
+    def _off_policy_step(self, metrics: dict[str, float]) -> None:
+        """One step of every env, then the updates owed (update-to-data ratio, label staleness)."""
+        cfg = self.cfg
+        n = self.driver.step(self._acting())
+        self.counters["env_steps"] += n
+        step = self.counters["env_steps"]
+        self.labeler.poll()
+        metrics.update(self.labeler.maybe_feedback(step))
+        if step >= cfg.train.learning_starts and len(self.replay) > 0:
+            self.counters["debt"] = min(self.counters["debt"] + n, cfg.train.max_update_debt)
+            while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self.replay.num_labeled() >= self.sample_rows:
+                metrics.update(self._update())
+                self.counters["debt"] -= 1
+
+    def _on_policy_rollout(self, metrics: dict[str, float]) -> None:
+        """T steps of every env with the current policy, then one update on that rollout."""
+        if self.executor is None:
+            self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
+        self.collector.reset()
+        while not self.collector.buffer.full:
+            self.counters["env_steps"] += self.driver.step(self.executor)
+            metrics.update(self.labeler.maybe_feedback(self.counters["env_steps"]))
+        self.labeler.flush()  # a frame model scores the rollout's pending frames in one batch
+        rollout = self.collector.finish(self.online)
+        last_value = self.learner.policy().value(self.driver.obs)
+        metrics.update(self.learner.update_rollout(rollout, last_value))
+        self.counters["updates"] += 1
+
     # -- the run --------------------------------------------------------------------------
     def run(self, logger: Logger) -> dict[str, float]:
         result = self._run(logger)
@@ -203,27 +252,24 @@ class Trainer:
         if self.counters["env_steps"] >= total:
             return final or self.evaluate(logger)
         self.driver.reset(seed=cfg.seed + self.counters["env_steps"])
+        advance = self._off_policy_step
+        if self.collector is not None:
+            advance, rows = self._on_policy_rollout, self.collector.buffer.num_steps * self.venv.num_envs
+            if total % rows:
+                log.info("on-policy: train.total_steps=%d rounded up to whole rollouts of %d steps", total, rows)
         bar = tqdm(total=total, initial=self.counters["env_steps"], desc="train", unit="step")
         metrics: dict[str, float] = {}
         t0, s0 = time.time(), self.counters["env_steps"]
         while self.counters["env_steps"] < total:
-            n = self.driver.step(self._acting())
             prev = self.counters["env_steps"]
-            self.counters["env_steps"] += n
+            advance(metrics)
             step = self.counters["env_steps"]
-            self.labeler.poll()
-            metrics.update(self.labeler.maybe_feedback(step))
-            if step >= cfg.train.learning_starts and len(self.replay) > 0:
-                self.counters["debt"] = min(self.counters["debt"] + n, cfg.train.max_update_debt)
-                while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self.replay.num_labeled() >= self.sample_rows:
-                    metrics.update(self._update())
-                    self.counters["debt"] -= 1
-            bar.update(n)
+            bar.update(step - prev)
             if _crossed(prev, step, cfg.log.every):
                 row = self._train_row(metrics, step, (step - s0) / max(time.time() - t0, 1e-9))
                 logger.log(step, row)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
-                                 if k in ("train/return", "train/success", "loss/critic", "alpha")})
+                                 if k in ("train/return", "train/success", "loss/critic", "loss/policy", "alpha")})
             if _crossed(prev, step, cfg.eval.every) or step >= total:
                 final = self.evaluate(logger)
                 bar.set_postfix({"eval_success": f"{final['eval/success']:.2f}"})

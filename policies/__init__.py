@@ -26,6 +26,7 @@ from typing import Any, Mapping
 REGISTRY: dict[str, str] = {
     "gaussian_actor": "policies.actor:GaussianActor",
     "iql_actor": "policies.iql:IQLPolicy",
+    "ppo_actor_critic": "policies.ppo:PPOPolicy",
 }
 
 

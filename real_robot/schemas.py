@@ -101,6 +101,11 @@ def check_learner_server_config(cfg) -> None:
 
     check(cfg, LearnerServerConfig)
     check_learner_config(cfg.learner)
+    from embodied.learners import learner_class
+
+    if learner_class(cfg.learner.name).on_policy:
+        raise ValueError(f"learner={cfg.learner.name} trains on-policy from its own rollouts (embodied-train); "
+                         "the learner server trains off-policy learners (sac, iql) from streamed transitions")
 
 
 def check_actor_config(cfg) -> None:

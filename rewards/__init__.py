@@ -20,9 +20,14 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def make_reward(name: str, **cfg: Any):
-    """Build the reward module ``name`` (``env`` means: use the environment's reward)."""
+def reward_class(name: str):
+    """The class registered as ``name``, to read its declaration (granularity, asynchronous)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown reward {name!r}; choose one of: env, {', '.join(sorted(REGISTRY))}")
     module, factory = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), factory)(**cfg)
+    return getattr(importlib.import_module(module), factory)
+
+
+def make_reward(name: str, **cfg: Any):
+    """Build the reward module ``name`` (``env`` means: use the environment's reward)."""
+    return reward_class(name)(**cfg)

@@ -19,6 +19,7 @@ from embodied.learners import make_learner
 LEARNERS = {
     "sac": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8, "utd": 2},
     "iql": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8},
+    "ppo": {"hidden": [32, 32], "num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "feature_dim": 8, "channels": 8},
 }
 CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)]
 IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]
@@ -52,9 +53,15 @@ def batch(rows: int, pixels: bool, seed: int = 0) -> Batch:
             out["pixels"] = {c: torch.as_tensor(x) for c, x in obs["pixels"].items()}
         return out
 
-    return Batch(obs=tensors(numpy_obs(rows, pixels, rng)), action=torch.as_tensor(rng.uniform(-1, 1, (rows, 2)),
-                 dtype=torch.float32), reward=torch.as_tensor(rng.normal(size=rows), dtype=torch.float32),
-                 discount=torch.full((rows,), 0.99), next_obs=tensors(numpy_obs(rows, pixels, rng)))
+    def column():
+        return torch.as_tensor(rng.normal(size=rows), dtype=torch.float32)
+
+    obs, action = tensors(numpy_obs(rows, pixels, rng)), torch.as_tensor(rng.uniform(-1, 1, (rows, 2)), dtype=torch.float32)
+    reward, next_obs = column(), tensors(numpy_obs(rows, pixels, rng))
+    # the columns of an on-policy rollout (PPO); off-policy learners ignore extras
+    extras = {"log_prob": column() - 2.0, "value": column(), "advantage": column(), "return": column()}
+    return Batch(obs=obs, action=action, reward=reward, discount=torch.full((rows,), 0.99), next_obs=next_obs,
+                 extras=extras)
 
 
 def params(owners) -> dict[int, torch.Tensor]:
@@ -123,4 +130,4 @@ def test_policy_weights_load_into_a_policy_rebuilt_from_its_spec(name, pixels):
     step = remote.step(obs, deterministic=True)
     assert isinstance(step, PolicyStep) and step.action.shape == (4, 2) and step.action.dtype == np.float32
     remote.reset([0, 2])  # stateless policies accept a per-env reset
-    assert learner.rows_per_update >= LEARNERS[name]["batch_size"]
+    assert learner.rows_per_update >= LEARNERS[name].get("batch_size", LEARNERS[name].get("num_steps"))

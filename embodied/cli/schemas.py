@@ -113,6 +113,35 @@ def check_train_config(cfg) -> None:
         if cfg.reward.name != "env":
             raise ValueError("env=none reads the dataset's rewards (next.reward); label it first with "
                              "embodied-label and keep reward=env")
+    from embodied.learners import learner_class
+
+    if learner_class(cfg.learner.name).on_policy:
+        check_on_policy(cfg)
+
+
+def check_on_policy(cfg) -> None:
+    """An on-policy learner (PPO): its rollout, the env and the reward must go together."""
+    t, lr, name = cfg.train, cfg.learner, cfg.learner.name
+    rows = lr.num_steps * t.num_envs
+    if lr.num_envs != t.num_envs:
+        raise ValueError(f"learner.num_envs={lr.num_envs} differs from train.num_envs={t.num_envs}; "
+                         "leave learner.num_envs at ${train.num_envs}")
+    if cfg.env.name == "none" or t.dataset or t.offline_updates:
+        raise ValueError(f"learner={name} trains on-policy from its own rollouts: it takes no train.dataset, "
+                         "train.offline_updates or env=none")
+    if 0 < t.total_steps < rows:
+        raise ValueError(f"train.total_steps={t.total_steps} is less than one rollout of learner.num_steps x "
+                         f"train.num_envs = {lr.num_steps} x {t.num_envs} = {rows} steps; lower learner.num_steps")
+    if t.replay_capacity < rows:
+        raise ValueError(f"train.replay_capacity={t.replay_capacity} cannot hold one rollout of {rows} steps "
+                         "(the reward labels live in the replay storage)")
+    if cfg.reward.name != "env":
+        from rewards import reward_class
+
+        if reward_class(cfg.reward.name).asynchronous:
+            raise ValueError(f"reward={cfg.reward.name} labels whole episodes asynchronously, but learner={name} "
+                             "updates on every step of each rollout, unfinished episodes included: use a frame "
+                             "reward (reward=env, clip, rlvlmf) with it, or an off-policy learner (learner=sac)")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "sac": ("embodied.learners.sac", "SAC", "SACConfig"),
     "iql": ("embodied.learners.iql", "IQL", "IQLConfig"),
+    "ppo": ("embodied.learners.ppo", "PPO", "PPOConfig"),
 }
 
 
@@ -39,6 +40,12 @@ def check_learner_config(section: Any) -> None:
     if unknown:
         raise ValueError(f"unknown learner.{unknown[0]} for {section.get('name')}; valid keys: {', '.join(sorted(fields))}")
     check(cfg, config_cls, "learner.")
+    config_cls(**cfg)  # settings that go together (a config's __post_init__), e.g. PPO's minibatch split
+
+
+def learner_class(name: str):
+    """The learner class registered as ``name`` (e.g. to read ``on_policy`` before building it)."""
+    return _config_class(name)[0]
 
 
 def make_learner(name: str, obs_space, action_space, **cfg: Any):

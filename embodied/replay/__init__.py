@@ -5,14 +5,15 @@
 - :class:`NStepSampler` and :class:`MixedReplay` (:mod:`.nstep`): n-step TD batches, RLPD mixing.
 - :class:`SequenceSampler` (:mod:`.sequence`): windows of consecutive steps for world models.
 - :func:`recent_episode_pairs` (:mod:`.pairs`): preference pairs for RL-VLM-F.
-- :class:`RolloutBuffer` and :func:`gae` (:mod:`.rollout`): PPO's on-policy (T, N) rollouts.
+- :class:`RolloutBuffer`, :func:`gae`, :class:`RolloutCollector` (:mod:`.rollout`): PPO's on-policy (T, N)
+  rollouts, filled from the Driver's transitions with the labels of the storage.
 """
 
 from embodied.replay.nstep import MixedReplay, NStepSampler, to_torch, tree_to_torch
 from embodied.replay.pairs import episodes_newest_first, recent_episode_pairs
-from embodied.replay.rollout import RolloutBuffer, gae
+from embodied.replay.rollout import RolloutBuffer, RolloutCollector, gae
 from embodied.replay.sequence import SequenceSampler
 from embodied.replay.storage import Replay
 
-__all__ = ["MixedReplay", "NStepSampler", "Replay", "RolloutBuffer", "SequenceSampler", "episodes_newest_first",
+__all__ = ["MixedReplay", "NStepSampler", "Replay", "RolloutBuffer", "RolloutCollector", "SequenceSampler", "episodes_newest_first",
            "gae", "recent_episode_pairs", "to_torch", "tree_to_torch"]

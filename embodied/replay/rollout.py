@@ -8,6 +8,10 @@ episode's first observation, so the policy must be asked for ``V(info["final_obs
 
 After ``T`` steps, :meth:`RolloutBuffer.compute_gae` turns them into advantages and
 returns, and :meth:`RolloutBuffer.minibatches` serves shuffled flat minibatches.
+
+:class:`RolloutCollector` fills a buffer from the Driver's transition stream (the training
+loop's on-policy path) and reads each step's reward label from the replay storage the
+reward labeler writes into, once the rollout is complete.
 """
 
 from __future__ import annotations
@@ -123,6 +127,15 @@ class RolloutBuffer:
         self.t += 1
         self.advantage = self.returns = None
 
+    def set_rewards(self, reward) -> None:
+        """Replace the (T, N) rewards of a full rollout (labels that arrived after the steps)."""
+        reward = np.asarray(reward, np.float32)
+        if not self.full or reward.shape != (self.num_steps, self.num_envs):
+            raise ValueError(f"set_rewards takes ({self.num_steps}, {self.num_envs}) rewards of a full rollout, "
+                             f"got {reward.shape} with {self.t} steps stored")
+        self.data["reward"][:] = reward
+        self.advantage = self.returns = None
+
     def compute_gae(self, last_value, gamma: float = 0.99, lam: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """(T, N) advantages and returns; ``last_value`` is V(obs after the last step), (N,)."""
         if not self.full:
@@ -143,3 +156,73 @@ class RolloutBuffer:
             batch = _rows(self.data, ts, ns)
             batch["advantage"], batch["return"] = self.advantage[ts, ns], self.returns[ts, ns]
             yield batch if device is None else tree_to_torch(batch, device)
+
+
+def _stack(observations: list[dict], keys) -> dict[str, Any]:
+    """Per-env observations -> one batch of the ``keys`` the learner reads (pixels nested)."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        first = observations[0][key]
+        if isinstance(first, dict):
+            out[key] = {c: np.stack([o[key][c] for o in observations]) for c in first}
+        else:
+            out[key] = np.stack([np.asarray(o[key]) for o in observations])
+    return out
+
+
+class RolloutCollector:
+    """Driver transitions -> a :class:`RolloutBuffer`, one step of all ``num_envs`` envs at a time.
+
+    Register :meth:`add` (with the replay slot the labeler stored the transition in) as the
+    Driver's transition callback; it calls it env by env. ``keys`` are the observation keys
+    the learner reads; ``value_fn(obs_batch) -> (B,)`` values the true final observation of
+    every env that truncated. :meth:`finish` reads the reward labels of the whole rollout
+    from the replay and returns the filled buffer.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, keys, value_fn):
+        self.buffer = RolloutBuffer(num_steps, num_envs)
+        self.slots = np.zeros((num_steps, num_envs), np.int64)
+        self.keys, self.value_fn = list(keys), value_fn
+        self._step: list = []
+
+    def reset(self) -> None:
+        self.buffer.reset()
+        self._step.clear()
+
+    def add(self, t, env_index: int, slot: int) -> None:
+        if env_index != len(self._step):
+            raise ValueError(f"transitions of one step must arrive env by env, got env {env_index} after "
+                             f"{len(self._step)}")
+        self._step.append((t, int(slot)))
+        if len(self._step) == self.buffer.num_envs:
+            self._push()
+
+    def _push(self) -> None:
+        ts = [t for t, _ in self._step]
+        final_value = np.zeros(len(ts), np.float32)
+        truncated = [i for i, t in enumerate(ts) if t.truncated and not t.terminated]
+        if truncated:  # SAME_STEP autoreset: next_obs of an ended episode is its true final observation
+            final_value[truncated] = self.value_fn(_stack([ts[i].next_obs for i in truncated], self.keys))
+        missing = {"log_prob", "value"} - set(ts[0].extras)
+        if missing:
+            raise ValueError(f"an on-policy rollout needs the policy step's {sorted(missing)} in each transition")
+        extras = {k: np.stack([t.extras[k] for t in ts]) for k in ts[0].extras if k not in ("log_prob", "value")}
+        self.slots[self.buffer.t] = [s for _, s in self._step]
+        self.buffer.add(_stack([t.obs for t in ts], self.keys), np.stack([t.action for t in ts]),
+                        log_prob=np.stack([t.extras["log_prob"] for t in ts]),
+                        value=np.stack([t.extras["value"] for t in ts]), reward=[t.reward for t in ts],
+                        terminated=[t.terminated for t in ts], truncated=[t.truncated for t in ts],
+                        final_value=final_value, extras=extras)
+        self._step.clear()
+
+    def finish(self, replay) -> RolloutBuffer:
+        """The full rollout, its rewards the labels ``replay`` holds for its steps now."""
+        if not self.buffer.full:
+            raise ValueError(f"the rollout holds {self.buffer.t} of {self.buffer.num_steps} steps")
+        labeled = replay.labeled[self.slots]
+        if not labeled.all():
+            raise ValueError(f"{int((~labeled).sum())} steps of the rollout have no reward label yet; on-policy "
+                             "learners need frame rewards (labeled inline) or the env reward")
+        self.buffer.set_rewards(replay.reward[self.slots])
+        return self.buffer

@@ -1,0 +1,288 @@
+"""PPO vs stable-baselines3 PPO: learning parity on MuJoCo and training speed, same machine.
+
+Equal settings on both sides: CleanRL's continuous PPO (rollouts of 2048 steps, 32
+minibatches, 10 epochs, lr 3e-4 annealed linearly to 0, gamma 0.99, GAE lambda 0.95, clip
+0.2 with value clipping 0.2, ent_coef 0, vf_coef 0.5, max grad norm 0.5, Adam eps 1e-5,
+64x64 tanh MLPs with orthogonal init, state-independent log-std from 0), observation and
+reward normalisation on both (ours: in the learner and the policy; SB3: ``VecNormalize``,
+clip 10 / 10). Known differences that remain: SB3's value clipping regresses the clipped
+prediction only (ours, as CleanRL, takes the max of clipped and unclipped squared errors,
+times 0.5); SB3 updates its normalisation statistics at every env step, ours once per
+rollout (constant during a rollout and its update).
+
+``parity``  final return (10 deterministic episodes) after ``--steps`` env steps on
+            Hopper-v5 and HalfCheetah-v5 for ``--seeds`` seeds. Ours runs the product
+            (``embodied-train +experiment=ppo_<task>``), SB3 runs ``model.learn``; every run
+            is its own subprocess, ``--jobs`` at a time. Each finished run is appended to
+            ``benchmarks/results/ppo_runs.jsonl`` at once (a killed benchmark keeps what it
+            measured; a rerun skips the runs already there unless ``--fresh``). Reported: IQM
+            per task with a 95 % stratified-bootstrap CI (rliable) and the ratio of IQMs.
+``speed``   env steps/s of training (acting, env steps and updates) on Hopper-v5 with 1 env
+            (2048-step rollouts) and with 8 envs (8 x 256): ours through the training loop's
+            on-policy iteration (gymnasium SyncVectorEnv, SAME_STEP autoreset), SB3's
+            ``learn`` on a DummyVecEnv (its sequential vector env) + VecNormalize; one torch
+            thread each, the same total steps, interleaved rounds, the median rate and the
+            ratio with its spread over rounds (target >= 1.3).
+
+Writes ``benchmarks/results/ppo.{json,md}`` (``ppo_runs.jsonl`` holds the parity runs).
+
+    python -m benchmarks.bench_ppo --quick                       # smoke: both parts, tiny sizes
+    python -m benchmarks.bench_ppo parity --steps 300000 --seeds 3 --jobs 2
+    python -m benchmarks.bench_ppo speed --speed-steps 16384 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = RESULTS / "ppo_runs.jsonl"
+TASKS = {"Hopper-v5": "ppo_hopper", "HalfCheetah-v5": "ppo_halfcheetah"}
+TARGET = 1.3
+PEERS = ("ours", "stable-baselines3")
+
+
+# ---------------------------------------------------------------------- stable-baselines3
+def sb3_model(env_id: str, num_envs: int, num_steps: int, total: int, seed: int):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+    from torch import nn
+
+    def make(i):
+        return lambda: gym.make(env_id)
+
+    venv = VecNormalize(DummyVecEnv([make(i) for i in range(num_envs)]), norm_obs=True, norm_reward=True,
+                        clip_obs=10.0, clip_reward=10.0, gamma=0.99)
+    venv.seed(seed)
+    rows = num_steps * num_envs
+    model = PPO("MlpPolicy", venv, learning_rate=lambda remaining: 3e-4 * remaining, n_steps=num_steps,
+                batch_size=rows // 32, n_epochs=10, gamma=0.99, gae_lambda=0.95, clip_range=0.2, clip_range_vf=0.2,
+                ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, normalize_advantage=True, seed=seed, device="cpu",
+                policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": nn.Tanh,
+                               "ortho_init": True, "log_std_init": 0.0}, verbose=0)
+    return model, venv
+
+
+def sb3_run(env_id: str, steps: int, seed: int, episodes: int) -> float:
+    """One SB3 parity run: learn, then the mean return of deterministic episodes."""
+    import gymnasium as gym
+    import torch
+
+    torch.set_num_threads(1)
+    model, venv = sb3_model(env_id, 1, 2048, steps, seed)
+    model.learn(total_timesteps=steps, progress_bar=False)
+    venv.training = False
+    env = gym.make(env_id)
+    returns = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=100_000 + seed + k)
+        done, ret = False, 0.0
+        while not done:
+            action = model.predict(venv.normalize_obs(obs[None]), deterministic=True)[0][0]
+            obs, r, term, trunc, _ = env.step(action)
+            ret, done = ret + float(r), term or trunc
+        returns.append(ret)
+    return float(np.mean(returns))
+
+
+# ---------------------------------------------------------------------- parity
+def _command(peer: str, env_id: str, steps: int, seed: int, episodes: int, run_dir: str) -> list[str]:
+    if peer == "ours":
+        return [sys.executable, "-m", "embodied.cli.train", f"+experiment={TASKS[env_id]}", f"seed={seed}",
+                f"train.total_steps={steps}", f"run_dir={run_dir}", f"eval.every={steps}",
+                f"eval.episodes={episodes}", "eval.video_episodes=0", f"checkpoint.every={steps * 2}",
+                "wandb.mode=disabled", "train.threads=1", "log.level=WARNING"]
+    return [sys.executable, "-m", "benchmarks.bench_ppo", "--worker", "--env", env_id, "--steps", str(steps),
+            "--seed", str(seed), "--episodes", str(episodes)]
+
+
+def _run_one(peer: str, env_id: str, steps: int, seed: int, episodes: int) -> dict:
+    env = dict(os.environ, MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa", OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
+        start = time.perf_counter()
+        proc = subprocess.run(_command(peer, env_id, steps, seed, episodes, f"{tmp}/run"), cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{peer} {env_id} seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    score = result["eval/return"] if peer == "ours" else result["return"]
+    return {"peer": peer, "env": env_id, "seed": seed, "steps": steps, "episodes": episodes,
+            "return": float(score), "seconds": seconds}
+
+
+def iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
+    from rliable import library as rly
+    from rliable import metrics
+
+    point, ci = rly.get_interval_estimates({"x": scores[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]),
+                                           reps=2000)
+    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
+
+
+def parity(envs: list[str], steps: int, seeds: int, episodes: int, jobs: int, fresh: bool) -> dict:
+    RESULTS.mkdir(exist_ok=True)
+    if fresh and RUNS.exists():
+        RUNS.unlink()
+    done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
+    have = {(r["peer"], r["env"], r["seed"], r["steps"], r["episodes"]) for r in done}
+    todo = [(p, e, s) for e in envs for s in range(seeds) for p in PEERS if (p, e, s, steps, episodes) not in have]
+    print(f"parity: {len(todo)} runs to do ({len(have)} in {RUNS.name}), {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(_run_one, p, e, steps, s, episodes): (p, e, s) for p, e, s in todo}
+        for future in as_completed(futures):
+            row = future.result()
+            with RUNS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"  {row['peer']} {row['env']} seed {row['seed']}: return {row['return']:.1f} "
+                  f"({row['seconds']:.0f} s)", flush=True)
+    rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
+    out: dict = {"steps": steps, "seeds": seeds, "episodes": episodes, "tasks": {}}
+    for env_id in envs:
+        task = {}
+        for peer in PEERS:
+            mine = sorted((r for r in rows if (r["peer"], r["env"], r["steps"], r["episodes"]) == (peer, env_id, steps, episodes)
+                           and r["seed"] < seeds), key=lambda r: r["seed"])
+            scores = np.array([r["return"] for r in mine])
+            task[peer] = {"returns": scores.tolist(), "iqm_ci95": iqm_ci(scores) if len(scores) else None,
+                          "seconds": float(sum(r["seconds"] for r in mine))}
+        ours, sb3 = task["ours"]["iqm_ci95"], task["stable-baselines3"]["iqm_ci95"]
+        task["iqm_ratio"] = ours[0] / sb3[0] if ours and sb3 and sb3[0] else float("nan")
+        out["tasks"][env_id] = task
+    return out
+
+
+# ---------------------------------------------------------------------- speed
+def ours_trainer(env_id: str, num_envs: int, num_steps: int, total: int, seed: int, run_dir: str):
+    from hydra import compose, initialize_config_dir
+
+    from embodied.cli import CONFIG_DIR, setup_runtime
+    from embodied.loop import Trainer
+
+    setup_runtime()
+    overrides = ["env=gym", f"env.name=gym/{env_id}", "learner=ppo", f"learner.num_steps={num_steps}",
+                 f"train.num_envs={num_envs}", f"train.total_steps={total}", f"seed={seed}",
+                 "train.replay_capacity=4096", f"run_dir={run_dir}"]
+    with initialize_config_dir(CONFIG_DIR, version_base=None):
+        trainer = Trainer(compose("config", overrides), run_dir)
+    trainer.driver.reset(seed=seed)
+    return trainer
+
+
+def speed(env_id: str, total: int, rounds: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    settings = {"1 env x 2048": (1, 2048), "8 envs x 256": (8, 256)}
+    rates: dict[str, dict[str, list[float]]] = {s: {p: [] for p in PEERS} for s in settings}
+    with tempfile.TemporaryDirectory(prefix="bench_ppo_speed_") as tmp:
+        for r in range(rounds):
+            for name, (n, t) in settings.items():
+                trainer = ours_trainer(env_id, n, t, total, r, f"{tmp}/{r}_{n}")
+                metrics: dict = {}
+                start = time.perf_counter()
+                while trainer.counters["env_steps"] < total:
+                    trainer._on_policy_rollout(metrics)
+                rates[name]["ours"].append(trainer.counters["env_steps"] / (time.perf_counter() - start))
+                trainer.close()
+                model, venv = sb3_model(env_id, n, t, total, r)
+                start = time.perf_counter()
+                model.learn(total_timesteps=total, progress_bar=False)
+                rates[name]["stable-baselines3"].append(model.num_timesteps / (time.perf_counter() - start))
+                venv.close()
+                print(f"  round {r} {name}: ours {rates[name]['ours'][-1]:.0f} steps/s, "
+                      f"SB3 {rates[name]['stable-baselines3'][-1]:.0f} steps/s", flush=True)
+    out = {"env": env_id, "total_steps": total, "rounds": rounds, "target": TARGET, "settings": {}}
+    for name, peer_rates in rates.items():
+        ratios = [o / s for o, s in zip(peer_rates["ours"], peer_rates["stable-baselines3"])]
+        out["settings"][name] = {"steps_per_s": {p: statistics.median(v) for p, v in peer_rates.items()},
+                                 "rounds": peer_rates, "ratio": statistics.median(ratios),
+                                 "ratio_range": [min(ratios), max(ratios)]}
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def write(result: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    old = json.loads((RESULTS / "ppo.json").read_text()) if (RESULTS / "ppo.json").exists() else {}
+    result = {**old, **result, "machine": platform.processor() or platform.machine()}
+    (RESULTS / "ppo.json").write_text(json.dumps(result, indent=2))
+    lines = ["## PPO vs stable-baselines3 PPO (`bench_ppo`)", "",
+             "CleanRL continuous settings on both sides (2048-step rollouts, 32 minibatches, 10 epochs, 64x64 tanh, "
+             "obs + reward normalisation; SB3 via VecNormalize)."]
+    p = result.get("parity")
+    if p:
+        lines += ["", f"**Parity**: final return of {p['episodes']} deterministic episodes after {p['steps']} env steps, "
+                  f"{p['seeds']} seeds; IQM with 95 % stratified-bootstrap CI (rliable).", "",
+                  "| task | learner | IQM return | 95 % CI | per-seed returns | wall s (all seeds) |",
+                  "|---|---|---:|---|---|---:|"]
+        for env_id, task in p["tasks"].items():
+            for peer in PEERS:
+                stats = task[peer]["iqm_ci95"]
+                runs = ", ".join(f"{s:.0f}" for s in task[peer]["returns"])
+                cell = f"{stats[0]:.1f} | [{stats[1]:.1f}, {stats[2]:.1f}]" if stats else "- | -"
+                lines.append(f"| {env_id} | {peer} | {cell} | {runs} | {task[peer]['seconds']:.0f} |")
+            lines.append(f"| {env_id} | IQM ratio ours / SB3 | **{task['iqm_ratio']:.2f}** | | | |")
+    s = result.get("speed")
+    if s:
+        lines += ["", f"**Speed**: env steps/s of training (acting + env + updates), {s['env']}, {s['total_steps']} "
+                  f"steps per run, 1 torch thread, median of {s['rounds']} interleaved rounds (target ratio >= "
+                  f"{s['target']}).", "", "| setting | ours steps/s | SB3 steps/s | ratio (min-max) |", "|---|---:|---:|---|"]
+        for name, row in s["settings"].items():
+            sps = row["steps_per_s"]
+            lo, hi = row["ratio_range"]
+            lines.append(f"| {name} | {sps['ours']:.0f} | {sps['stable-baselines3']:.0f} | "
+                         f"**{row['ratio']:.2f}** ({lo:.2f}-{hi:.2f}) |")
+    (RESULTS / "ppo.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="?", choices=["all", "parity", "speed"], default="all")
+    parser.add_argument("--quick", action="store_true", help="parity: 2 seeds x 4096 steps on Hopper; speed: 4096 steps, 1 round")
+    parser.add_argument("--steps", type=int, default=None, help="parity: env steps per run (default 300000)")
+    parser.add_argument("--seeds", type=int, default=None, help="parity: seeds per task and learner (default 3)")
+    parser.add_argument("--episodes", type=int, default=10, help="parity: evaluation episodes per run")
+    parser.add_argument("--envs", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--jobs", type=int, default=1, help="parity runs at a time (each is one process, one thread)")
+    parser.add_argument("--fresh", action="store_true", help=f"forget the runs in {RUNS.name}")
+    parser.add_argument("--speed-steps", type=int, default=None, help="speed: env steps per timed run (default 16384)")
+    parser.add_argument("--rounds", type=int, default=None, help="speed: interleaved rounds (default 3)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one SB3 parity run
+    parser.add_argument("--env", default="Hopper-v5", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        ret = sb3_run(args.env, args.steps, args.seed, args.episodes)
+        print(json.dumps({"return": ret}))
+        return {"return": ret}
+    result: dict = {}
+    if args.what in ("all", "parity"):
+        steps = args.steps or (4096 if args.quick else 300_000)
+        envs = ["Hopper-v5"] if args.quick else args.envs
+        result["parity"] = parity(envs, steps, args.seeds or (2 if args.quick else 3),
+                                  2 if args.quick else args.episodes, args.jobs, args.fresh)
+    if args.what in ("all", "speed"):
+        result["speed"] = speed("Hopper-v5", args.speed_steps or (4096 if args.quick else 16384),
+                                args.rounds or (1 if args.quick else 3))
+    write(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
