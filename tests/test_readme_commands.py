@@ -19,6 +19,7 @@ listed in ``EXEMPT`` with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -47,6 +48,7 @@ TRAIN_TINY = ["train.warmup_steps=40", "train.learning_starts=40", "eval.episode
               "checkpoint.every=60", "log.every=40", "learner.batch_size=16", "learner.hidden=[16,16]",
               "wandb.mode=disabled"]
 ENV_TINY = ["env.image_size=32", "env.max_episode_steps=60"]  # not for env=none: it has no env settings
+SIMULATORS = ("libero", "robosuite")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -100,12 +102,16 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
             setv("train.offline_updates", 30)
     elif prog == "embodied-make-dataset":
         setv("steps", 100)
+        args += ["env.image_size=32"] if kv.get("env", "").startswith(SIMULATORS) else []
         args += ["sac.total_steps=300", "sac.medium_at=150", "sac.warmup_steps=100", "sac.hidden=[16,16]",
                  "sac.batch_size=16"]
     elif prog == "embodied-label":
         if "preference_pairs" in kv:
             setv("preference_pairs", 40)
         args += ["reward.max_epochs=3"] if "rlvlmf" in kv.get("reward", "") else []
+    elif prog == "embodied-eval":
+        setv("episodes", 1)
+        args += ["env.image_size=32", "env.max_episode_steps=20", "video_episodes=1"]
     elif prog == "embodied-eval-reward":
         setv("episodes", 3)
         args += ["max_steps=20", "image_size=32", "plots=1"]
@@ -153,7 +159,7 @@ def substitutions(server: VLMServer, tmp: Path) -> dict[str, str]:
 def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
-    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA
+    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -165,9 +171,10 @@ def test_the_reader_joins_continuations_and_drops_comments():
 
 CHAIN_ROBOT = [c for c in runnable() if c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
-CHAIN_SIM_DATA = [c for c in runnable() if any(k in c for k in ("kinds=[scripted]", "datasets/reach/scripted",
-                                                                  "datasets/reach_vlmf"))]
-INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA]
+CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/libero_object_iql" in c]
+CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO and not any(k in c for k in SIMULATORS) and any(
+    k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
+INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
@@ -192,6 +199,17 @@ def test_sim_dataset_commands_run_as_written_in_order(tmp_path, vlm_server):
             vlm_server.learn_dataset(tmp_path / "datasets" / "reach" / "scripted")
         run(shrink(command, substitutions(vlm_server, tmp_path)), tmp_path)
     assert (tmp_path / "datasets" / "reach_vlmf" / "meta" / "labeling.json").exists()
+
+
+def test_libero_commands_run_as_written_in_order(tmp_path, vlm_server):
+    """Scripted LIBERO demos in LeRobot's layout -> label through the key map -> IQL -> embodied-eval."""
+    assert [c.split()[0] for c in CHAIN_LIBERO] == ["embodied-make-dataset", "embodied-label", "embodied-train",
+                                                    "embodied-eval"], CHAIN_LIBERO
+    for command in CHAIN_LIBERO:
+        run(shrink(command, substitutions(vlm_server, tmp_path)), tmp_path)
+    assert (tmp_path / "datasets" / "libero_object_clip" / "meta" / "labeling.json").exists()
+    results = next((tmp_path / "evals").glob("*/results.json"))
+    assert json.loads(results.read_text())["overall"]["episodes"] == 1
 
 
 def test_real_robot_walkthrough_runs_as_written(tmp_path):
