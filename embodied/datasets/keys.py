@@ -58,7 +58,9 @@ class DatasetKeys:
     def check(self, ds) -> None:
         """One-line error when a mapped column is missing from the dataset."""
         feats = ds.meta.features
-        for name, column in [*((f"cameras.{c}", k) for c, k in self.cameras.items()), ("action", self.action)]:
+        mapped = [*((f"cameras.{c}", k) for c, k in self.cameras.items()),
+                  *([("action", self.action)] if self.action != "action" else [])]
+        for name, column in mapped:  # the default names get their own messages where they are read
             if column not in feats:
                 raise ValueError(f"dataset_keys.{name}: the dataset has no column {column!r}; its columns: "
                                  f"{sorted(k for k in feats if not k.startswith(('timestamp', 'frame_index', 'index')))}")
