@@ -185,7 +185,7 @@ def rollout(env, act: Callable[[dict], np.ndarray], steps: int, recorder: Datase
         while not done:
             action = act(obs)
             nobs, r, term, trunc, info = env.step(action)
-            episode.append(_transition(obs, action, r, nobs, term, trunc, info, kept, k))
+            episode.append(_transition(obs, action, r, nobs, term, trunc, info, first_episode + kept, k))
             ret, obs, k, done = ret + float(r), nobs, k + 1, term or trunc
         success = bool(info.get("success", False))
         returns.append(ret)
@@ -199,7 +199,6 @@ def rollout(env, act: Callable[[dict], np.ndarray], steps: int, recorder: Datase
             continue
         streak = 0
         for t in episode:
-            t.episode_id = first_episode + kept
             recorder.add(t)
         kept += 1
         n += k
