@@ -17,6 +17,8 @@ rollout (constant during a rollout and its update).
             ``benchmarks/results/ppo_runs.jsonl`` at once (a killed benchmark keeps what it
             measured; a rerun skips the runs already there unless ``--fresh``). Reported: IQM
             per task with a 95 % stratified-bootstrap CI (rliable) and the ratio of IQMs.
+``episodic`` the cost of an episode reward (GVL) in on-policy rollouts on the built-in
+            reach task, at a simulated VLM inference time per query (see :func:`episodic`).
 ``speed``   env steps/s of training (acting, env steps and updates) on Hopper-v5 with 1 env
             (2048-step rollouts) and with 8 envs (8 x 256): ours through the training loop's
             on-policy iteration (gymnasium SyncVectorEnv, SAME_STEP autoreset), SB3's
@@ -29,6 +31,7 @@ Writes ``benchmarks/results/ppo.{json,md}`` (``ppo_runs.jsonl`` holds the parity
     python -m benchmarks.bench_ppo --quick                       # smoke: both parts, tiny sizes
     python -m benchmarks.bench_ppo parity --steps 300000 --seeds 3 --jobs 2
     python -m benchmarks.bench_ppo speed --speed-steps 16384 --rounds 3
+    python -m benchmarks.bench_ppo episodic
 """
 
 from __future__ import annotations
@@ -215,6 +218,55 @@ def speed(env_id: str, total: int, rounds: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- episode rewards
+EPISODIC = {  # name -> overrides of embodied-train on top of the shared ones
+    "env reward, state only": [],
+    "env reward, frames rendered": ["env.pixels=true", "env.cameras=[top]"],
+    "GVL oracle, 0 s per query": ["reward=gvl_oracle", "reward.num_frames=10"],
+    "GVL oracle, 0.25 s per query": ["reward=gvl_oracle", "reward.num_frames=10", "reward.backend.latency=0.25"],
+    "GVL oracle, 1 s per query": ["reward=gvl_oracle", "reward.num_frames=10", "reward.backend.latency=1.0"],
+}
+
+
+def episodic(total: int, seeds: int) -> dict:
+    """The cost of episode rewards in on-policy rollouts: PPO on the built-in reach task with
+    the env reward and with GVL (real prompt and parser, the scripted VLM told the sim's
+    progress) at a simulated inference time per query. Reported per setting: wall time,
+    env steps/s, the share of the run's steps an update trained on (the rest were still
+    carried when the run ended), steps carried into an update (mean), seconds the loop
+    waited for labels (``reward.max_pending`` bound), final eval success."""
+    env = dict(os.environ, MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa", OMP_NUM_THREADS="1")
+    base = ["learner=ppo", "env=reach", "env.image_size=32", "learner.num_steps=512", "learner.num_minibatches=16",
+            "train.num_envs=2", f"train.total_steps={total}", "train.replay_capacity=8192", f"eval.every={total}",
+            "eval.episodes=10", "eval.video_episodes=0", f"checkpoint.every={total}", "log.every=1024",
+            "wandb.mode=disabled", "train.threads=1", "log.level=WARNING"]
+    out: dict = {"total_steps": total, "seeds": seeds, "rollout": "2 envs x 512 steps, 16 minibatches",
+                 "settings": {}}
+    for name, extra in EPISODIC.items():
+        runs = []
+        for seed in range(seeds):
+            with tempfile.TemporaryDirectory(prefix="bench_ppo_epi_") as tmp:
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "embodied.cli.train", *base, *extra, f"seed={seed}",
+                                       f"run_dir={tmp}/run"], cwd=ROOT, env=env, capture_output=True, text=True)
+                seconds = time.perf_counter() - start
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name} seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+            upd = [r for r in rows if "rollout/trained_steps" in r]
+            trained = sum(r["rollout/trained_steps"] for r in upd)
+            runs.append({"seconds": seconds, "steps_per_s": [r["perf/env_steps_per_s"] for r in rows if "perf/env_steps_per_s" in r][-1],
+                         "trained_share": trained / total, "updates": len(upd),
+                         "carried_in_mean": float(np.mean([r["rollout/carried_in"] for r in upd])),
+                         "label_wait_s": float(sum(r.get("rollout/label_wait_s", 0.0) for r in upd)),
+                         "eval_success": result["eval/success"]})
+            print(f"  {name} seed {seed}: {seconds:.0f} s, trained {trained / total:.2f} of the steps, "
+                  f"waited {runs[-1]['label_wait_s']:.1f} s, eval success {result['eval/success']:.2f}", flush=True)
+        out["settings"][name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]} | {"runs": runs}
+    return out
+
+
 # ---------------------------------------------------------------------- report
 def write(result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
@@ -247,13 +299,24 @@ def write(result: dict) -> None:
             lo, hi = row["ratio_range"]
             lines.append(f"| {name} | {sps['ours']:.0f} | {sps['stable-baselines3']:.0f} | "
                          f"**{row['ratio']:.2f}** ({lo:.2f}-{hi:.2f}) |")
+    e = result.get("episodic")
+    if e:
+        lines += ["", f"**Episode rewards on-policy**: PPO on the built-in reach task, {e['rollout']}, "
+                  f"{e['total_steps']} env steps, mean of {e['seeds']} seed(s). GVL labels each episode after it "
+                  "ended on a worker thread; an update trains each env's steps up to its first episode still "
+                  "waiting for labels and carries the rest into the next rollout.", "",
+                  "| setting | wall s | env steps/s | steps trained | steps carried into an update | "
+                  "waited for labels, s | eval success |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, row in e["settings"].items():
+            lines.append(f"| {name} | {row['seconds']:.0f} | {row['steps_per_s']:.0f} | {row['trained_share']:.1%} | "
+                         f"{row['carried_in_mean']:.0f} | {row['label_wait_s']:.1f} | {row['eval_success']:.2f} |")
     (RESULTS / "ppo.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", choices=["all", "parity", "speed"], default="all")
+    parser.add_argument("what", nargs="?", choices=["all", "parity", "speed", "episodic"], default="all")
     parser.add_argument("--quick", action="store_true", help="parity: 2 seeds x 4096 steps on Hopper; speed: 4096 steps, 1 round")
     parser.add_argument("--steps", type=int, default=None, help="parity: env steps per run (default 300000)")
     parser.add_argument("--seeds", type=int, default=None, help="parity: seeds per task and learner (default 3)")
@@ -280,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.what in ("all", "speed"):
         result["speed"] = speed("Hopper-v5", args.speed_steps or (4096 if args.quick else 16384),
                                 args.rounds or (1 if args.quick else 3))
+    if args.what in ("all", "episodic"):
+        result["episodic"] = episodic(2048 if args.quick else 16384, 1 if args.quick else 2)
     write(result)
     return result
 

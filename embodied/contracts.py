@@ -260,6 +260,7 @@ class Learner(abc.ABC):
 
     device: Any = "cpu"  # torch device of its networks; batches are sampled onto it
     on_policy: bool = False  # True: trained by update_rollout on rollouts of its own policy (PPO)
+    discrete_actions: bool = False  # True: also acts in a discrete task's MultiDiscrete space (PPO)
 
     @property
     def rows_per_update(self) -> int:

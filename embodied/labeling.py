@@ -28,8 +28,9 @@ so the real prompts and parsers run inside a training run without a VLM server.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -191,6 +192,22 @@ class RewardLabeler:
     @property
     def pending(self) -> int:
         return len(self._futures)
+
+    def unresolved(self) -> set[int]:
+        """Episodes whose labels may still arrive: running (not ended), or queried and not answered."""
+        return set(self._episode_slots) | set(self._futures)
+
+    def wait_below(self, limit: int, poll_s: float = 0.01) -> float:
+        """Block while more than ``limit`` episodes wait for labels (on-policy staleness bound);
+        returns the seconds waited."""
+        if self.pending <= limit:
+            return 0.0
+        t0 = time.perf_counter()
+        while self.pending > limit:
+            futures = [f for f, _ in self._futures.values()]
+            wait(futures, timeout=poll_s * 100, return_when=FIRST_COMPLETED)
+            self.poll()
+        return time.perf_counter() - t0
 
     def learner_may_update(self) -> bool:
         return self.pending <= self.max_pending

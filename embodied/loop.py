@@ -9,9 +9,9 @@ env --> Driver --> RewardLabeler --> replay storage (labels)
 The policy acts from the first step (no random warm-up) and an update only ever sees
 steps of the current policy, each labeled: the env reward, or a frame reward model whose
 pending frames are scored in one batch at the end of the rollout. Episode reward models
-(GVL, VLAC) label a whole episode asynchronously, so a rollout would end with steps
-of unfinished episodes that cannot be labeled yet; ``embodied-train`` refuses them with an
-on-policy learner (embodied/cli/schemas.py). Evaluation, checkpoints, logging are shared.
+(GVL, VLAC) label a whole episode asynchronously once it ended: an update trains on the
+steps whose labels have arrived and carries the rest into the next rollout
+(:meth:`Trainer._on_policy_rollout`). Evaluation, checkpoints, logging are shared.
 
 Every ``checkpoint.every`` env steps the learner, the replay, the labeler and the
 counters are saved together atomically; ``resume=true`` continues from there. Each save,
@@ -64,7 +64,8 @@ class Trainer:
             # reward models read frames, whatever the learner reads
             kw = envs.kwargs_from_config(OmegaConf.to_container(cfg.env, resolve=True),
                                          pixels=True if self.reward_model is not None else None)
-            self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed, **kw)
+            self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed,
+                                          asynchronous=bool(cfg.train.get("async_envs", False)), **kw)
             self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
             obs_space = self.venv.single_observation_space
             act_space = self.venv.single_action_space
@@ -82,6 +83,8 @@ class Trainer:
             self.collector = RolloutCollector(self.learner.cfg.num_steps, cfg.train.num_envs, inputs,
                                               self.learner.policy().value)
         self.labeler = make_labeler(self.online, self.reward, camera)
+        if self.collector is not None and self.labeler.mode == "async":
+            self._check_episodic_room()
         self.recorder = None
         if cfg.train.get("record_dataset"):
             from embodied.datasets import DatasetRecorder
@@ -92,6 +95,23 @@ class Trainer:
         self._recent: list[dict[str, Any]] = []
         self._offline_metrics: dict[str, float] = {}
         self.executor: ChunkExecutor | None = None
+
+    def _check_episodic_room(self) -> None:
+        """On-policy + episode rewards: the replay holds each step until its episode's labels
+        arrive, so it must hold a rollout plus the steps carried while labels are out."""
+        from envs.checker import time_limit
+
+        cfg, name = self.cfg, self.cfg.reward.name
+        limit = time_limit(self.eval_env)
+        if limit is None:
+            raise ValueError(f"reward={name} labels an episode after it ends, but env {cfg.env.name} has no time "
+                             "limit: set env.max_episode_steps")
+        n = cfg.train.num_envs
+        need = self.collector.buffer.num_steps * n + (n + self.labeler.max_pending + 1) * limit
+        if cfg.train.replay_capacity < need:
+            raise ValueError(f"train.replay_capacity={cfg.train.replay_capacity} cannot hold a rollout plus the steps "
+                             f"of up to {n} running and {self.labeler.max_pending + 1} unlabeled {limit}-step episodes "
+                             f"that reward={name} carries: set train.replay_capacity>={need}")
 
     def _dataset_spaces(self, inputs: list[str]):
         """Spaces read from ``train.dataset`` when there is no env (``env=none``).
@@ -203,17 +223,37 @@ class Trainer:
                 self.counters["debt"] -= 1
 
     def _on_policy_rollout(self, metrics: dict[str, float]) -> None:
-        """T steps of every env with the current policy, then one update on that rollout."""
+        """T steps of every env with the current policy, then one update on that rollout.
+
+        Episode reward models (GVL, VLAC) label each episode on a worker thread once it
+        ended, while the envs keep stepping. The update trains, per env, on the steps up to
+        its first episode still waiting for labels; those steps are carried into the next
+        rollout (RolloutCollector.begin) and trained on there. While more than
+        ``reward.max_pending`` episodes wait, the loop waits for labels before acting on.
+        """
         if self.executor is None:
             self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
-        self.collector.reset()
+        episodic = self.labeler.mode == "async"
+        self.collector.begin()
+        waited = 0.0
         while not self.collector.buffer.full:
             self.counters["env_steps"] += self.driver.step(self.executor)
             metrics.update(self.labeler.maybe_feedback(self.counters["env_steps"]))
+            if episodic:
+                self.labeler.poll()
+                waited += self.labeler.wait_below(self.labeler.max_pending)
         self.labeler.flush()  # a frame model scores the rollout's pending frames in one batch
-        rollout = self.collector.finish(self.online)
+        if episodic:
+            self.labeler.poll()
+            rollout = self.collector.finish(self.online, unresolved=self.labeler.unresolved())
+            rollout.refresh_values(self.learner.policy().value)  # carried steps: the critic moved since
+        else:
+            rollout = self.collector.finish(self.online)
         last_value = self.learner.policy().value(self.driver.obs)
         metrics.update(self.learner.update_rollout(rollout, last_value))
+        if episodic:
+            metrics.update({"rollout/carried_out": float((rollout.length - rollout.mask.sum(0)).sum()),
+                            "rollout/label_wait_s": waited})
         self.counters["updates"] += 1
 
     # -- the run --------------------------------------------------------------------------

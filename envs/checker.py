@@ -49,7 +49,7 @@ def check_env(env: gym.Env | gym.vector.VectorEnv, steps: int = 20, seed: int = 
         first, second = _rollout(env, seed, actions), _rollout(env, seed, actions)
         _assert_same(first, second, "two rollouts with the same seed and actions")
     if check_time_limit:
-        limit = _time_limit(env)
+        limit = time_limit(env)
         if limit is not None and limit <= 4 * steps + 50:
             _check_truncation(env, limit, seed)
 
@@ -80,7 +80,10 @@ def _check_spaces(obs_space: spaces.Space, act_space: spaces.Space) -> None:
             assert isinstance(box, spaces.Box) and box.dtype == np.uint8, f"camera {cam!r} must be uint8 Box"
             assert len(box.shape) == 3 and box.shape[2] == 3, f"camera {cam!r} must be (H, W, 3), got {box.shape}"
             assert np.all(box.low == 0) and np.all(box.high == 255), f"camera {cam!r} bounds must be 0..255"
-    assert isinstance(act_space, spaces.Box), f"action_space must be a Box, got {act_space}"
+    if isinstance(act_space, spaces.MultiDiscrete):  # discrete tasks: one choice per dimension
+        assert len(act_space.shape) == 1 and np.all(act_space.start == 0), "MultiDiscrete actions must be 1-D from 0"
+        return
+    assert isinstance(act_space, spaces.Box), f"action_space must be a Box or MultiDiscrete, got {act_space}"
     assert act_space.dtype == np.float32 and len(act_space.shape) == 1, "action_space must be 1-D float32"
     assert np.all(act_space.low == -1) and np.all(act_space.high == 1), "action bounds must be [-1, 1]"
 
@@ -125,7 +128,9 @@ def _check_step_result(result: Any, where: str) -> tuple:
     return result
 
 
-def _sample_action(space: spaces.Box, rng: np.random.Generator) -> np.ndarray:
+def _sample_action(space: spaces.Space, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, spaces.MultiDiscrete):
+        return rng.integers(0, space.nvec).astype(np.float32)
     return rng.uniform(-1.0, 1.0, space.shape).astype(np.float32)
 
 
@@ -155,7 +160,7 @@ def _assert_same(a: Any, b: Any, what: str, path: str = "") -> None:
         assert a == b, f"{what} differ at {path}: {a!r} != {b!r}"
 
 
-def _time_limit(env: gym.Env) -> int | None:
+def time_limit(env: gym.Env) -> int | None:
     spec = getattr(env, "spec", None)
     if spec is not None and spec.max_episode_steps:
         return int(spec.max_episode_steps)
@@ -203,7 +208,7 @@ def _check_vector(env: gym.vector.VectorEnv, steps: int, seed: int, info_keys: S
             assert "final_obs" in info, f"step {t}: an episode ended but info has no 'final_obs'"
             for i in np.flatnonzero(done):
                 _check_obs(env.single_observation_space, info["final_obs"][i], f"step {t} final_obs[{i}]")
-    limit = _time_limit(env.envs[0]) if isinstance(env, gym.vector.SyncVectorEnv) else None
+    limit = time_limit(env.envs[0]) if isinstance(env, gym.vector.SyncVectorEnv) else None
     if limit is not None and limit <= steps:
         assert saw_end, f"no episode ended within {steps} steps despite a time limit of {limit}"
     if check_determinism:

@@ -43,6 +43,13 @@ def unit_action_space(dim: int) -> spaces.Box:
     return spaces.Box(-1.0, 1.0, (dim,), np.float32)
 
 
+def discrete_action_space(nvec) -> spaces.MultiDiscrete:
+    """The project's discrete action space: one choice of ``nvec[d]`` values per dimension
+    (a gymnasium ``Discrete(n)`` becomes ``MultiDiscrete([n])``); learners get the choices as
+    a (D,) vector (stored as float32 in the replay, exact for any realistic n)."""
+    return spaces.MultiDiscrete(np.asarray(nvec, np.int64))
+
+
 class ActionScaler:
     """Maps actions in [-1, 1] to a simulator's ``[low, high]`` box and back."""
 

@@ -5,7 +5,9 @@ state: the env's own observation vector as float32. pixels (on request): the env
 default tracking camera (named ``"default"`` here) or one named camera of the model.
 ``render()`` always works (evaluation videos of state-only runs): at ``image_size`` when
 pixels are observed (the same frames), else at ``render_size``.
-Actions in [-1, 1] are rescaled to the env's action box. The instruction is a fixed
+Actions in [-1, 1] are rescaled to the env's action box; a discrete task (``Discrete(n)``,
+``MultiDiscrete``, e.g. ``gym/CartPole-v1``) acts in ``MultiDiscrete`` choices instead
+(envs.core.discrete_action_space). The instruction is a fixed
 description of the task. Reacher and Pusher also report ``info["success"]`` (target
 distance below ``success_distance``) and ``info["progress"]`` (``1 - d / d_0``).
 """
@@ -17,7 +19,8 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-from envs.core import ActionScaler, check_cameras, get_physics, observation_space, set_physics, unit_action_space
+from envs.core import (ActionScaler, check_cameras, discrete_action_space, get_physics, observation_space, set_physics,
+                       unit_action_space)
 
 INSTRUCTIONS = {
     "Reacher": "move the tip of the two-link arm to the red target",
@@ -48,7 +51,12 @@ def make_gym(env_id: str, *, pixels: bool = False, cameras: Sequence[str] | str 
     size = image_size if pixels else render_size
     kwargs.update(render_mode="rgb_array", width=size, height=size)  # the renderer starts on first use
     try:
-        env = gym.make(env_id, **kwargs)
+        try:
+            env = gym.make(env_id, **kwargs)
+        except TypeError as e:  # a classic-control task renders at its own size
+            if "width" not in str(e) or pixels:
+                raise
+            env = gym.make(env_id, **{k: v for k, v in kwargs.items() if k not in ("width", "height")})
     except gym.error.Error as e:  # unknown id, missing extra, wrong version
         raise ValueError(f"gym/{env_id}: {str(e).splitlines()[0]}") from None
     except TypeError as e:  # an option the task does not take
@@ -83,11 +91,24 @@ class GymAdapter(gym.Wrapper):
         if not (isinstance(inner, gym.spaces.Box) and len(inner.shape) == 1):
             raise ValueError(f"{env.spec.id if env.spec else env}: only flat Box observations are supported")
         self.instruction, self.camera = instruction, camera
-        self._scale = ActionScaler(env.action_space.low, env.action_space.high)
+        act = env.action_space
         self._distance = distance
         self._d0 = 1.0
         self.observation_space = observation_space(inner.shape[0], [camera] if camera else [], image_size)
-        self.action_space = unit_action_space(env.action_space.shape[0])
+        if isinstance(act, gym.spaces.Discrete):  # choices are clipped into range, as Box actions into [-1, 1]
+            n, start = int(act.n), int(act.start)
+            self._scale = lambda a: int(np.clip(np.rint(np.asarray(a).reshape(-1)[0]), 0, n - 1)) + start
+            self.action_space = discrete_action_space([n])
+        elif isinstance(act, gym.spaces.MultiDiscrete) and len(act.shape) == 1:
+            top, start = act.nvec - 1, act.start
+            self._scale = lambda a: np.clip(np.rint(np.asarray(a)), 0, top).astype(np.int64) + start
+            self.action_space = discrete_action_space(act.nvec)
+        elif isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
+            self._scale = ActionScaler(act.low, act.high)
+            self.action_space = unit_action_space(act.shape[0])
+        else:
+            raise ValueError(f"{env.spec.id if env.spec else env}: action space {act} is neither a flat Box nor "
+                             "(Multi)Discrete")
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)

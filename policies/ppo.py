@@ -14,6 +14,8 @@ Action heads (actions are the contract's [-1, 1] box):
 ``categorical``  one categorical per action dimension over ``bins`` values
                  ``linspace(-1, 1, bins)`` (N bins are N centres, both ends included):
                  VLA-style action tokens. The token ids go in ``extras["tokens"]``.
+                 With ``nvec`` (a discrete task's ``MultiDiscrete`` sizes) dimension ``d``
+                 chooses among ``nvec[d]`` values and the token id IS the action.
 
 The value head is part of the policy, so every ``step`` reports ``V(s)`` with the
 log-probability (the bridge carries both as extras); it is a small MLP on the same
@@ -99,10 +101,16 @@ class PPOPolicy(nn.Module):
     def __init__(self, action_dim: int, state_dim: int = 0, cameras: Mapping[str, Any] | None = None,
                  hidden: tuple[int, ...] = (64, 64), head: str = "gaussian", bins: int = 256,
                  state_dependent_std: bool = False, init_log_std: float = 0.0,
-                 normalize_obs: bool = True, clip_obs: float = 10.0, feature_dim: int = 50, channels: int = 32):
+                 normalize_obs: bool = True, clip_obs: float = 10.0, feature_dim: int = 50, channels: int = 32,
+                 nvec: list[int] | None = None):
         super().__init__()
         if head not in ("gaussian", "categorical"):
             raise ValueError(f"head must be gaussian or categorical, got {head!r}")
+        if nvec is not None:
+            if head != "categorical" or len(nvec) != action_dim or min(nvec) < 1:
+                raise ValueError(f"discrete actions {list(nvec)} need the categorical head with one size >= 1 per "
+                                 f"action dimension ({action_dim})")
+            bins = max(2, max(int(n) for n in nvec))
         if head == "categorical" and bins < 2:
             raise ValueError(f"a categorical head needs bins >= 2 values per action dimension, got {bins}")
         self.config = {"action_dim": int(action_dim), "state_dim": int(state_dim),
@@ -110,7 +118,8 @@ class PPOPolicy(nn.Module):
                        "hidden": [int(h) for h in hidden], "head": head, "bins": int(bins),
                        "state_dependent_std": bool(state_dependent_std), "init_log_std": float(init_log_std),
                        "normalize_obs": bool(normalize_obs), "clip_obs": float(clip_obs),
-                       "feature_dim": int(feature_dim), "channels": int(channels)}
+                       "feature_dim": int(feature_dim), "channels": int(channels),
+                       "nvec": None if nvec is None else [int(n) for n in nvec]}
         self.action_dim, self.head, self.bins = int(action_dim), head, int(bins)
         self.clip_obs, self.normalize_obs = float(clip_obs), bool(normalize_obs)
         self.obs_rms = RunningMeanStd((int(state_dim),))
@@ -124,6 +133,12 @@ class PPOPolicy(nn.Module):
             self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.init_log_std = float(init_log_std)
         self.register_buffer("centres", torch.linspace(-1.0, 1.0, max(int(bins), 2)))
+        self.discrete = nvec is not None
+        # discrete dimensions with fewer than `bins` values: the missing logits get -1e9 (never drawn)
+        mask = torch.zeros(action_dim, self.bins)
+        for d, n in enumerate(nvec or []):
+            mask[d, int(n):] = -1e9
+        self.register_buffer("logit_mask", mask)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, **copy.deepcopy(self.config)}
@@ -149,7 +164,8 @@ class PPOPolicy(nn.Module):
         """Gaussian: (mean, log_std), each (B, A); categorical: (log-probabilities (B, A, bins), None)."""
         out = self.actor(features)
         if self.head == "categorical":
-            return out.view(*out.shape[:-1], self.action_dim, self.bins).log_softmax(-1), None
+            logits = out.view(*out.shape[:-1], self.action_dim, self.bins)
+            return (logits + self.logit_mask if self.discrete else logits).log_softmax(-1), None
         if self.log_std is None:
             mean, log_std = out.chunk(2, -1)
             return mean, (log_std + self.init_log_std).clamp(-5.0, 2.0)
@@ -184,13 +200,17 @@ class PPOPolicy(nn.Module):
         return self.critic(features).squeeze(-1)
 
     def to_action(self, sample: torch.Tensor) -> torch.Tensor:
-        """A sample (raw Gaussian ``u`` or token ids) -> action in [-1, 1]."""
+        """A sample (raw Gaussian ``u`` or token ids) -> action in [-1, 1] (discrete: the choice)."""
+        if self.discrete:
+            return sample.float()
         if self.head == "categorical":
             return self.centres[sample]
         return sample.clamp(-1.0, 1.0)
 
     def tokens_of(self, action: torch.Tensor) -> torch.Tensor:
         """Actions in [-1, 1] -> the nearest bin's token id (the inverse of :meth:`to_action`)."""
+        if self.discrete:
+            return action.round().long()
         return ((action.clamp(-1.0, 1.0) + 1.0) * 0.5 * (self.bins - 1)).round().long()
 
     # -- the Policy contract ---------------------------------------------------------------

@@ -47,6 +47,9 @@ EXEMPT = {
 TRAIN_TINY = ["train.warmup_steps=40", "train.learning_starts=40", "eval.episodes=1", "eval.video_episodes=1",
               "checkpoint.every=60", "log.every=40", "learner.batch_size=16", "learner.hidden=[16,16]",
               "wandb.mode=disabled"]
+PPO_TINY = ["learner.num_steps=32", "learner.num_minibatches=4", "learner.update_epochs=1", "learner.hidden=[16,16]",
+            "train.total_steps=512", "eval.episodes=1", "eval.video_episodes=0", "checkpoint.every=256",
+            "log.every=128", "wandb.mode=disabled"]  # on-policy: 32-step rollouts of every env (<= 8 envs)
 ENV_TINY = ["env.image_size=32", "env.max_episode_steps=60"]  # not for env=none: it has no env settings
 SIMULATORS = ("libero", "robosuite")
 
@@ -95,7 +98,10 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
     def setv(key, value):
         args[:] = [a for a in args if not a.startswith(key + "=")] + [f"{key}={value}"]
 
-    if prog == "embodied-train":
+    if prog == "embodied-train" and (kv.get("learner") == "ppo" or "+experiment=ppo_" in command):
+        for key, value in (a.split("=", 1) for a in PPO_TINY + ENV_TINY):
+            setv(key, value)
+    elif prog == "embodied-train":
         args += TRAIN_TINY + (ENV_TINY if kv.get("env") != "none" else [])
         setv("train.total_steps", 0 if kv.get("train.total_steps") == "0" else 120)
         if int(kv.get("train.offline_updates", 0)):

@@ -15,6 +15,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 class TrainSection:
     total_steps: int = num(ge=0)
     num_envs: int = num(ge=1)
+    async_envs: bool = False
     warmup_steps: int = num(ge=0)
     learning_starts: int = num(ge=0)
     max_update_debt: int = num(ge=1)
@@ -135,13 +136,6 @@ def check_on_policy(cfg) -> None:
     if t.replay_capacity < rows:
         raise ValueError(f"train.replay_capacity={t.replay_capacity} cannot hold one rollout of {rows} steps "
                          "(the reward labels live in the replay storage)")
-    if cfg.reward.name != "env":
-        from rewards import reward_class
-
-        if reward_class(cfg.reward.name).asynchronous:
-            raise ValueError(f"reward={cfg.reward.name} labels whole episodes asynchronously, but learner={name} "
-                             "updates on every step of each rollout, unfinished episodes included: use a frame "
-                             "reward (reward=env, clip, rlvlmf) with it, or an off-policy learner (learner=sac)")
 
 
 @dataclass

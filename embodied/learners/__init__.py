@@ -52,6 +52,11 @@ def make_learner(name: str, obs_space, action_space, **cfg: Any):
     """Build learner ``name``; unknown keys or values of the wrong type are an error that names them."""
     learner_cls, config_cls = _config_class(name)
     check_learner_config({"name": name, **cfg})
+    import gymnasium as gym
+
+    if isinstance(action_space, gym.spaces.MultiDiscrete) and not learner_cls.discrete_actions:
+        raise ValueError(f"learner={name} acts in a continuous [-1, 1] box, but the env's actions are discrete "
+                         f"({action_space}): use learner=ppo learner.head=categorical")
     for key, value in cfg.items():
         if isinstance(value, list):
             cfg[key] = tuple(value)

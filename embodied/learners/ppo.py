@@ -99,7 +99,8 @@ class PPOConfig:
     head: Literal["gaussian", "categorical"] = "gaussian"
     """Action head: diagonal Gaussian, or one categorical per action dimension (action tokens)."""
     bins: int = num(256, ge=2)
-    """Values per action dimension of the categorical head, linspace(-1, 1, bins)."""
+    """Values per action dimension of the categorical head, linspace(-1, 1, bins) (a Box action
+    space; a discrete task's MultiDiscrete sizes replace it)."""
     state_dependent_std: bool = False
     """Gaussian: the std is an actor output (True) or a free parameter per dimension (False)."""
     init_log_std: float = 0.0
@@ -142,10 +143,11 @@ def clipped_value_loss(value: torch.Tensor, old_value: torch.Tensor, returns: to
 
 class PPO(Learner):
     on_policy = True
+    discrete_actions = True
 
     def __init__(self, obs_space, action_space, cfg: PPOConfig | None = None):
         self.cfg = cfg = cfg or PPOConfig()
-        check_action_space(action_space, cfg.head)
+        nvec = check_action_space(action_space, cfg.head)
         spaces = obs_space.spaces
         cams = {c: tuple(s.shape) for c, s in spaces["pixels"].spaces.items()} if "pixels" in spaces else {}
         state_dim = int(spaces["state"].shape[0]) if "state" in spaces else 0
@@ -155,7 +157,7 @@ class PPO(Learner):
             torch.manual_seed(cfg.seed)
             self.net = PPOPolicy(int(action_space.shape[0]), state_dim, cams, cfg.hidden, cfg.head, cfg.bins,
                                  cfg.state_dependent_std, cfg.init_log_std, cfg.normalize_obs, cfg.clip_obs,
-                                 cfg.feature_dim, cfg.channels).to(self.device)
+                                 cfg.feature_dim, cfg.channels, nvec=nvec).to(self.device)
         self.opt = FlatAdam(self.net.parameters(), lr=cfg.lr, eps=1e-5, max_grad_norm=cfg.max_grad_norm)
         self.return_stats = np.array([0.0, 1.0, 1e-4])  # running mean, var, count of the discounted return
         self.returns = np.zeros(cfg.num_envs)  # discounted return of each env's running episode
@@ -166,37 +168,52 @@ class PPO(Learner):
         return self.cfg.num_steps * self.cfg.num_envs
 
     # ------------------------------------------------------------------ rollout -> batch
-    def scale_rewards(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+    def scale_rewards(self, reward: np.ndarray, done: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """(T, N) rewards / sqrt(var(discounted return) + 1e-8), clipped, in time order (SB3
-        VecNormalize: the return restarts at every episode end, the statistics run on)."""
-        out = np.empty(reward.shape, np.float32)
+        VecNormalize: the return restarts at every episode end, the statistics run on).
+        ``mask`` (T, N): only these rows count (each env's rows in time order; the others get 0)."""
+        out = np.zeros(reward.shape, np.float32)
         mean, var, count = self.return_stats
         for t in range(len(reward)):
-            self.returns = self.returns * self.cfg.gamma + reward[t]
-            b_mean, b_var, n = self.returns.mean(), self.returns.var(), len(self.returns)
+            on = slice(None) if mask is None else mask[t]
+            if mask is not None and not on.any():
+                continue
+            self.returns[on] = self.returns[on] * self.cfg.gamma + reward[t][on]
+            batch = self.returns[on]
+            b_mean, b_var, n = batch.mean(), batch.var(), len(batch)
             delta, total = b_mean - mean, count + n
             var = (var * count + b_var * n + delta ** 2 * count * n / total) / total
             mean, count = mean + delta * n / total, total
-            out[t] = np.clip(reward[t] / math.sqrt(var + 1e-8), -self.cfg.clip_reward, self.cfg.clip_reward)
-            self.returns[done[t]] = 0.0
+            out[t][on] = np.clip(reward[t][on] / math.sqrt(var + 1e-8), -self.cfg.clip_reward, self.cfg.clip_reward)
+            self.returns[np.asarray(done[t]) & (True if mask is None else mask[t])] = 0.0
         self.return_stats = np.array([mean, var, count])
         return out
 
     def update_rollout(self, rollout, last_value: np.ndarray) -> dict[str, float]:
-        """Train on a full :class:`embodied.replay.RolloutBuffer`; ``last_value`` is V(obs after it)."""
+        """Train on a full :class:`embodied.replay.RolloutBuffer`; ``last_value`` is V(obs after it).
+
+        The rows of ``rollout.mask`` train (all of them, unless episode labels are still out:
+        then each env's resolved prefix, see embodied/replay/rollout.py)."""
         cfg, d = self.cfg, rollout.data
+        mask = rollout.mask
+        ragged = not mask.all()
         reward = d["reward"]
         if cfg.normalize_reward:
-            reward = self.scale_rewards(reward, d["terminated"] | d["truncated"])
+            reward = self.scale_rewards(reward, d["terminated"] | d["truncated"], mask if ragged else None)
         adv, ret = gae(reward, d["value"], d["terminated"], d["truncated"], d["final_value"],
-                       np.asarray(last_value, np.float32), cfg.gamma, cfg.gae_lambda)
+                       np.asarray(last_value, np.float32), cfg.gamma, cfg.gae_lambda, lengths=rollout.length)
         flat = {"obs": {k: v for k, v in d["obs"].items() if k in ("state", "pixels")}, "action": d["action"],
                 "reward": reward, "extras": {**d["extras"], "log_prob": d["log_prob"], "value": d["value"],
                                              "advantage": adv, "return": ret}}
-        t = _tree(flat, lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=self.device))
-        metrics = self.update(Batch(obs=t["obs"], action=t["action"], reward=t["reward"], discount=None,
-                                    next_obs={}, extras=t["extras"]))
-        metrics["reward/rollout_mean"] = float(d["reward"].mean())
+        rows = int(mask.sum())
+        metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
+        if rows < cfg.num_minibatches:  # every step still waits for its episode's labels
+            return {**metrics, "reward/rollout_mean": float("nan")}
+        pick = (lambda x: x[mask]) if ragged else (lambda x: x.reshape(-1, *x.shape[2:]))
+        t = _tree(flat, lambda x: torch.as_tensor(pick(x), device=self.device))
+        metrics.update(self.update(Batch(obs=t["obs"], action=t["action"], reward=t["reward"], discount=None,
+                                         next_obs={}, extras=t["extras"])))
+        metrics["reward/rollout_mean"] = float(d["reward"][mask].mean())
         return metrics
 
     # ------------------------------------------------------------------ loss terms
@@ -262,17 +279,19 @@ class PPO(Learner):
         cfg = self.cfg
         rows = self._rollout_rows(batch)
         n = int(rows["log_prob"].shape[0])
-        if n % cfg.num_minibatches:
-            raise ValueError(f"PPO.update got {n} rows, which do not split into {cfg.num_minibatches} minibatches")
+        if n < cfg.num_minibatches:
+            raise ValueError(f"PPO.update got {n} rows, fewer than learner.num_minibatches={cfg.num_minibatches}")
         lr = self.learning_rate()
         self.opt.set_lr(lr)
-        size, history, last, epochs = n // cfg.num_minibatches, [], [], 0
+        # equal minibatches of a whole rollout; a ragged one (episode labels still out) near-equal
+        bounds = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
+        history, last, epochs = [], [], 0
         for epochs in range(1, cfg.update_epochs + 1):
             order = torch.randperm(n, generator=self.gen).to(self.device)
             shuffled = _tree(rows, lambda x: x[order])  # one gather per epoch; minibatches are slices
-            for start in range(0, n, size):
-                end_of_epoch = start + size == n
-                terms, info = self._terms(_tree(shuffled, lambda x: x[start:start + size]), diagnostics=end_of_epoch)
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                end_of_epoch = stop == n
+                terms, info = self._terms(_tree(shuffled, lambda x: x[start:stop]), diagnostics=end_of_epoch)
                 loss = terms["loss/policy"] + cfg.vf_coef * terms["loss/value"] + cfg.ent_coef * terms["loss/entropy"]
                 grad_norm = self.opt.step(loss)  # zero, backward, clip to max_grad_norm, Adam
                 history.append(torch.stack([*terms.values(), grad_norm]).detach())
@@ -309,15 +328,25 @@ class PPO(Learner):
         self.updates = int(state["updates"])
 
 
-def check_action_space(space, head: str) -> None:
-    """PPO acts in the contract's flat [-1, 1] Box; a one-line error for anything else."""
+def check_action_space(space, head: str) -> list[int] | None:
+    """The contract's flat [-1, 1] Box (either head) or a discrete task's MultiDiscrete (the
+    categorical head; returns its sizes); a one-line error for anything else."""
     import gymnasium as gym
 
+    if isinstance(space, gym.spaces.MultiDiscrete) and len(space.shape) == 1:
+        if head != "categorical":
+            raise ValueError(f"PPO's {head} head cannot represent the discrete actions {space}: set "
+                             "learner.head=categorical (one categorical per action dimension)")
+        return [int(n) for n in space.nvec]
+    if isinstance(space, gym.spaces.Discrete):
+        raise ValueError(f"PPO takes discrete actions as MultiDiscrete([n]) (envs.core.discrete_action_space), "
+                         f"got {space}")
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise ValueError(f"PPO's {head} head needs a flat Box action space in [-1, 1], got {space}")
     if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
         raise ValueError(f"PPO's {head} head acts in the contract's [-1, 1] action box, got low {space.low.min()} "
                          f"high {space.high.max()}: map the env's units onto [-1, 1] in its adapter")
+    return None
 
 
 def _tree(x: Any, fn) -> Any:

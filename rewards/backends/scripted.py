@@ -23,6 +23,7 @@ gets the same reply. A frame without ground truth gets a refusal.
 from __future__ import annotations
 
 import re
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -38,16 +39,21 @@ class ScriptedBackend(VLMBackend):
     """Answers GVL / VLAC / preference prompts from a table of true progress per image."""
 
     def __init__(self, progress: Mapping[str, float] | None = None, error_rate: float = 0.0,
-                 done_at: float = 0.95, seed: int = 0, model_id: str = "scripted-oracle"):
+                 done_at: float = 0.95, seed: int = 0, model_id: str = "scripted-oracle", latency: float = 0.0):
         """
         progress: image hash (:func:`hash_image`) -> true progress in [0, 1].
         error_rate: probability that a reply is a realistic failure instead of the answer.
         done_at: progress from which the done question is answered ``1``.
         seed: seeds the error draws (together with each request's content).
         model_id: names the oracle in cache keys.
+        latency: seconds slept per request (a stand-in for a real model's inference time, as
+            benchmarks/bench_ppo.py's episode-reward cost uses it).
         """
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0 seconds, got {latency}")
+        self.latency = float(latency)
         self.progress = dict(progress or {})
         self.error_rate, self.done_at, self.seed, self.model_id = error_rate, done_at, seed, model_id
         self.calls = 0  # requests answered
@@ -66,6 +72,8 @@ class ScriptedBackend(VLMBackend):
         replies = []
         for request in requests:
             self.calls += 1
+            if self.latency:
+                time.sleep(self.latency)
             rng = np.random.default_rng([self.seed, int(request_key(self.model_id, request)[:12], 16)])
             if rng.random() < self.error_rate:
                 replies.append(VLMReply(self._failure(request, rng)))
