@@ -211,7 +211,9 @@ def test_state_dependent_std_is_an_actor_output():
     ({"head": "categorical", "bins": 1}, ACTIONS, "learner.bins must be >= 2"),
     ({"num_steps": 100, "num_minibatches": 32}, ACTIONS, "does not split into learner.num_minibatches=32"),
     ({"head": "softmax"}, ACTIONS, "learner.head must be one of"),
-    ({}, spaces.Discrete(3), "needs a flat Box action space"),
+    ({}, spaces.Discrete(3), "got Discrete.3.: PPO takes"),
+    ({}, spaces.MultiDiscrete([3, 2]), "gaussian head cannot represent the discrete actions"),
+    ({}, spaces.Box(-1, 1, (2, 2), np.float32), "needs a flat Box action space"),
     ({}, spaces.Box(-2, 2, (2,), np.float32), "acts in the contract's [-1, 1] action box"),
 ])
 def test_bad_settings_are_one_line_errors(settings, action_space, message):
@@ -402,11 +404,12 @@ def test_bad_ppo_settings_are_refused_before_anything_is_built(override, expecte
     assert "\n" not in str(err.value)
 
 
-def test_train_cli_ppo_with_an_episode_reward_trains_on_labeled_steps_and_carries_the_rest(tmp_path):
-    """GVL (the real prompt and parser, the scripted stand-in VLM told the sim's progress)
-    labels each finished episode on a worker thread while the next steps are collected."""
+@pytest.mark.parametrize("reward", ["reward=gvl_oracle reward.num_frames=8", "reward=vlac_oracle reward.skip=10"])
+def test_train_cli_ppo_with_an_episode_reward_trains_on_labeled_steps_and_carries_the_rest(tmp_path, reward):
+    """GVL / VLAC (the real prompts and parsers, the scripted stand-in VLM told the sim's
+    progress) label each finished episode on a worker thread while the next steps are collected."""
     run = tmp_path / "run"
-    run_train(TINY_PPO + ["reward=gvl_oracle", "reward.num_frames=8", "train.total_steps=512", "train.num_envs=2",
+    run_train(TINY_PPO + [*reward.split(), "train.total_steps=512", "train.num_envs=2",
                           "train.replay_capacity=4096", "learner.num_steps=64", "eval.every=512", "eval.episodes=1",
                           "eval.video_episodes=0", "checkpoint.every=512", "log.every=128", "wandb.mode=disabled",
                           "env.image_size=32"], run)

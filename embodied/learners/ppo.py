@@ -339,8 +339,8 @@ def check_action_space(space, head: str) -> list[int] | None:
                              "learner.head=categorical (one categorical per action dimension)")
         return [int(n) for n in space.nvec]
     if isinstance(space, gym.spaces.Discrete):
-        raise ValueError(f"PPO takes discrete actions as MultiDiscrete([n]) (envs.core.discrete_action_space), "
-                         f"got {space}")
+        raise ValueError(f"got {space}: PPO takes discrete actions as MultiDiscrete([n]) "
+                         "(envs.core.discrete_action_space, as the gym adapter builds them)")
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise ValueError(f"PPO's {head} head needs a flat Box action space in [-1, 1], got {space}")
     if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
