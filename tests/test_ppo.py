@@ -428,6 +428,7 @@ def test_train_cli_refuses_a_replay_too_small_for_episode_labels_with_ppo_in_one
                       "wandb.mode=disabled", "env.image_size=32"], tmp_path / "run", timeout=120, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "set train.replay_capacity>=" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists(), "a refused start leaves no run folder"
 
 
 def test_train_cli_runs_a_tiny_ppo_on_libero_from_state(tmp_path):

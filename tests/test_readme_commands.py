@@ -98,7 +98,7 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
     def setv(key, value):
         args[:] = [a for a in args if not a.startswith(key + "=")] + [f"{key}={value}"]
 
-    if prog == "embodied-train" and (kv.get("learner") == "ppo" or "+experiment=ppo_" in command):
+    if prog == "embodied-train" and (kv.get("learner", "").startswith("ppo") or "+experiment=ppo_" in command):
         for key, value in (a.split("=", 1) for a in PPO_TINY + ENV_TINY):
             setv(key, value)
     elif prog == "embodied-train":
