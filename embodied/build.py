@@ -126,11 +126,12 @@ class Replays:
 
 def build_replays(train: Any, obs_space, action_space, seed: int, *, capacity: int, dataset: str | None = None,
                   offline_capacity: int | None = None, offline_seed: int | None = None, bounds=None,
-                  keys=None) -> Replays:
+                  keys=None, rewards: bool = True) -> Replays:
     """``train:`` settings (n_step, gamma, offline_ratio) -> replays. The offline half holds
     ``dataset`` (a LeRobotDataset, actions mapped with ``bounds``, columns named by ``keys``,
     a :class:`~embodied.datasets.keys.DatasetKeys`), or starts empty with
-    ``offline_capacity`` rows (the learner server's interventions); none without either."""
+    ``offline_capacity`` rows (the learner server's interventions); none without either.
+    ``rewards=False`` (behaviour cloning): the dataset's rewards are not read (zeros)."""
     from embodied.replay import Replay
 
     kw = dict(n_step=int(train.n_step), gamma=float(train.gamma))
@@ -143,7 +144,7 @@ def build_replays(train: Any, obs_space, action_space, seed: int, *, capacity: i
         from embodied.datasets.keys import DEFAULT_KEYS
 
         offline = load_replay(dataset, obs_space, action_space, seed=offline_seed, capacity=offline_capacity,
-                              bounds=bounds, keys=keys or DEFAULT_KEYS, **kw)
+                              bounds=bounds, keys=keys or DEFAULT_KEYS, reward_key=None if rewards else "none", **kw)
     elif offline_capacity:
         offline = Replay(offline_capacity, obs_space, action_space, seed=offline_seed, offline=True, **kw)
     return Replays(online, offline, float(train.offline_ratio))

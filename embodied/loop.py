@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from embodied import checkpoint
+from embodied.contracts import Batch
 from embodied.driver import Driver
 from embodied.evaluation import evaluate
 from embodied.build import build_learner, build_replays, build_reward, learner_kwargs, make_labeler, reward_camera
@@ -74,7 +75,8 @@ class Trainer:
             camera = reward_camera(self.reward_model, list(obs_space["pixels"].spaces), f"env {cfg.env.name}")
         replays = build_replays(cfg.train, obs_space, act_space, cfg.seed, dataset=cfg.train.get("dataset"),
                                 capacity=2 if self.env_free else cfg.train.replay_capacity,  # env=none: no online data
-                                bounds=self.action_bounds, keys=self.keys)
+                                bounds=self.action_bounds, keys=self.keys,
+                                rewards=cfg.learner.name != "bc")  # BC reads actions only
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
         self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline)
         self.sample_rows = self.learner.rows_per_update
@@ -95,6 +97,7 @@ class Trainer:
         self._recent: list[dict[str, Any]] = []
         self._offline_metrics: dict[str, float] = {}
         self.executor: ChunkExecutor | None = None
+        self._windows = None  # offline windows for learners that train on action chunks (BC)
 
     def _check_episodic_room(self) -> None:
         """On-policy + episode rewards: the replay holds each step until its episode's labels
@@ -208,6 +211,24 @@ class Trainer:
         self.counters["updates"] += 1
         return self.learner.update(batch)
 
+    def _offline_batch(self) -> Batch:
+        """A batch of the offline data: transitions, or for a learner with a ``window`` (BC with
+        action chunks) windows of that many steps: the first step's observation and the
+        window's actions as ``extras["action_chunk"]`` / ``["chunk_mask"]`` (False past the
+        episode's end)."""
+        window = getattr(self.learner, "window", None)
+        if not window:
+            return self.offline.sample_torch(self.sample_rows, device=self.learner.device)
+        if self._windows is None:
+            from embodied.replay import SequenceSampler
+
+            self._windows = SequenceSampler(self.offline, window)
+        w = self._windows.sample_torch(self.sample_rows, device=self.learner.device)
+        first = {k: ({c: x[:, 0] for c, x in v.items()} if isinstance(v, dict) else v[:, 0])
+                 for k, v in w["obs"].items() if k in ("state", "pixels")}
+        return Batch(obs=first, action=w["action"][:, 0], reward=w["reward"][:, 0], discount=None, next_obs={},
+                     extras={"action_chunk": w["action"], "chunk_mask": w["mask"]})
+
     def _off_policy_step(self, metrics: dict[str, float]) -> None:
         """One step of every env, then the updates owed (update-to-data ratio, label staleness)."""
         cfg = self.cfg
@@ -276,7 +297,7 @@ class Trainer:
                 raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
             bar = tqdm(total=cfg.train.offline_updates, initial=self.counters["offline_updates"], desc="offline", unit="upd")
             while self.counters["offline_updates"] < cfg.train.offline_updates:
-                metrics = self.learner.update(self.offline.sample_torch(self.sample_rows, device=self.learner.device))
+                metrics = self.learner.update(self._offline_batch())
                 self.counters["offline_updates"] += 1
                 bar.update(1)
                 n = self.counters["offline_updates"]

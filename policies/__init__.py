@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "gaussian_actor": "policies.actor:GaussianActor",
     "iql_actor": "policies.iql:IQLPolicy",
     "ppo_actor_critic": "policies.ppo:PPOPolicy",
+    "bc": "policies.bc:BCPolicy",
 }
 
 

@@ -20,6 +20,7 @@ LEARNERS = {
     "sac": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8, "utd": 2},
     "iql": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8},
     "ppo": {"hidden": [32, 32], "num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "feature_dim": 8, "channels": 8},
+    "bc": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8},
 }
 CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)]
 IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]

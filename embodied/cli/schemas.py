@@ -104,6 +104,9 @@ def check_train_config(cfg) -> None:
     check(cfg, TrainConfig)
     check_learner_config(cfg.learner)
     t = cfg.train
+    if cfg.learner.name == "bc" and (not t.dataset or t.offline_updates < 1 or t.total_steps != 0):
+        raise ValueError("learner=bc clones a dataset's actions: set train.dataset=<LeRobotDataset path>, "
+                         "train.offline_updates > 0 and train.total_steps=0")
     if t.offline_updates > 0 and not t.dataset:
         raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
     if cfg.env.name == "none":

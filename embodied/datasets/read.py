@@ -127,10 +127,10 @@ def _flat(x: np.ndarray | None, n: int, default: Any) -> np.ndarray:
 
 def episode_transitions(ep: Episode, reward_key: str = "next.reward", episode_id: int | None = None) -> list[Transition]:
     """The episode's rows as transitions (rewards from ``reward_key``)."""
-    if reward_key not in ep.columns:
+    if reward_key != "none" and reward_key not in ep.columns:  # "none": behaviour cloning, rewards 0
         raise ValueError(f"episode {ep.index} has no {reward_key!r} column; columns: {sorted(ep.columns)}")
     T = len(ep)
-    rewards = _flat(ep.columns[reward_key], T, 0.0).astype(np.float32)
+    rewards = _flat(ep.columns.get(reward_key), T, 0.0).astype(np.float32)
     if not np.isfinite(rewards).all():
         raise ValueError(f"episode {ep.index} has non-finite {reward_key!r} values (failed labels?); "
                          "drop it or relabel")
@@ -212,7 +212,8 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
     the dataset must provide it (same cameras and image sizes, same state and action
     sizes). Without them the layout comes from the dataset; ``cameras=[]`` loads state
     only (fast), default every camera. ``reward_key`` None: ``next.reward`` (labels) when
-    the dataset has it, else the simulator's ``gt.reward`` (logged). ``bounds``: (low, high)
+    the dataset has it, else the simulator's ``gt.reward`` (logged); ``"none"``: no rewards
+    (zeros, for behaviour cloning on data nobody labeled). ``bounds``: (low, high)
     of the dataset's actions, mapped onto [-1, 1] (see :func:`action_bounds`). ``keys``: the
     dataset's names for the env's cameras / state / actions (:class:`DatasetKeys`).
     """
@@ -224,7 +225,7 @@ def load_replay(source, obs_space=None, action_space=None, reward_key: str | Non
         reward_key = "next.reward" if "next.reward" in ds.meta.features else "gt.reward"
         if reward_key == "gt.reward" and reward_key in ds.meta.features:
             log.info("load_replay: %s has no next.reward labels; using the simulator's gt.reward", ds.root)
-    if reward_key not in ds.meta.features:
+    if reward_key != "none" and reward_key not in ds.meta.features:
         raise ValueError(f"dataset has no {reward_key!r} column; label it with embodied-label "
                          "or use reward_key=gt.reward for the simulator's ground truth")
     if obs_space is not None:

@@ -14,6 +14,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "sac": ("embodied.learners.sac", "SAC", "SACConfig"),
     "iql": ("embodied.learners.iql", "IQL", "IQLConfig"),
     "ppo": ("embodied.learners.ppo", "PPO", "PPOConfig"),
+    "bc": ("embodied.learners.bc", "BC", "BCConfig"),
 }
 
 
