@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ENVS = {  # label -> (env name, make_env settings)
     "gym/Hopper-v5 (state)": ("gym/Hopper-v5", {}),
     "reach, 84x84 pixels": ("reach", {"pixels": True, "cameras": ["top"], "image_size": 84}),
-    "libero_object/0 (state)": ("libero_object", {"pixels": False}),
+    "libero_object/0 (state)": ("libero/libero_object/0", {"pixels": False}),
 }
 
 
@@ -73,6 +73,7 @@ def run(labels: list[str], counts: list[int], steps: int, rounds: int) -> dict:
         base = statistics.median(per[f"sync x{counts[0]}"])
         out["envs"][label] = {k: {"steps_per_s": statistics.median(v), "rounds": v,
                                   "vs_one_in_process": statistics.median(v) / base} for k, v in per.items()}
+        write(out)  # after each env: a crash later keeps what was measured
     return out
 
 
@@ -109,9 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     labels = list(ENVS)[:1] if args.quick else list(ENVS)
     counts = args.envs_per_run or ([1, 2] if args.quick else [1, 2, 4, 8])
-    result = run(labels, counts, args.steps or (400 if args.quick else 4000), args.rounds or (1 if args.quick else 3))
-    write(result)
-    return result
+    return run(labels, counts, args.steps or (400 if args.quick else 4000), args.rounds or (1 if args.quick else 3))
 
 
 if __name__ == "__main__":

@@ -98,16 +98,17 @@ def demos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
-def test_bc_on_scripted_reach_demos_succeeds_at_least_as_often_as_the_demos(tmp_path, demos, chunk):
-    """Measured (seed 0, 1500 updates, 20 eval episodes): behaviour success 0.45; BC 0.75 with
-    chunk 1, 0.70 with chunk 4."""
+def test_bc_on_scripted_reach_demos_matches_the_demonstrator(tmp_path, demos, chunk):
+    """Measured (seed 0, 1500 updates, 20 eval episodes): the noisy scripted demonstrator
+    succeeds 0.65 of the time; BC 0.70 with chunk 1, 1.00 with chunk 4 (open-loop chunks
+    average the demonstrator's noise out). Asserted: within 0.15 (20-episode noise) of it."""
     root, behaviour = demos
     run = tmp_path / "run"
     run_train(["env=reach", "learner=bc", f"learner.chunk={chunk}", f"train.dataset={root}",
                "train.offline_updates=1500", "train.total_steps=0", "eval.episodes=20", "eval.video_episodes=0",
                "checkpoint.every=1500", "log.every=500", "wandb.mode=disabled", "train.threads=1"], run)
     result = json.loads((run / "result.json").read_text())
-    assert result["eval/success"] >= min(0.5, behaviour["success_rate"]), (result, behaviour)
+    assert result["eval/success"] >= behaviour["success_rate"] - 0.15, (result, behaviour)
     policy = policies.load_policy(run)
     assert policy.spec()["kind"] == "bc" and policy.chunk_size == chunk
 
