@@ -132,7 +132,7 @@ class BC(Learner):
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
         self.updates += 1
-        return {"loss/bc": float(loss), "grad_norm": float(grad_norm)}
+        return {"loss/bc": float(loss.detach()), "grad_norm": float(grad_norm)}
 
     # ------------------------------------------------------------------ export / checkpoint
     def policy(self) -> BCPolicy:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
+from embodied.learners.hl_gauss import HLGauss
 from embodied.learners.nets import ensemble_mlp
 from policies.actor import mlp
 from policies.encoders import ObsEncoder, RandomShift
@@ -57,6 +58,18 @@ class IQLConfig:
     """Normalise states with dataset mean/std (kept in the policy)."""
     deterministic_actor: bool = False
     """True: a tanh-MLP actor trained by weighted MSE; False: Gaussian with state-independent std."""
+    critic_head: Literal["mse", "hl_gauss"] = "mse"
+    """Q output: a scalar regressed by MSE, or HL-Gauss logits over ``num_bins`` bins of
+    [v_min, v_max] trained by cross-entropy (embodied/learners/hl_gauss.py); V stays a scalar
+    (its expectile loss is a regression)."""
+    v_min: float = 0.0
+    """HL-Gauss: lower end of the value range."""
+    v_max: float = 100.0
+    """HL-Gauss: upper end of the value range."""
+    num_bins: int = 51
+    """HL-Gauss: bins over the value range."""
+    hl_sigma: float = 0.75
+    """HL-Gauss: std of the target Gaussian, in bin widths."""
     feature_dim: int = 50
     """Pixel encoder output size (pixel observations only)."""
     shift_pad: int = 4
@@ -93,7 +106,8 @@ class IQL(Learner):
         # policy sees the same features.
         self.encoder = copy.deepcopy(self.actor.encoder)
         feat = self.encoder.out_dim
-        self.q = TwinQ(feat + self.action_dim, cfg.hidden).to(self.device)
+        hl = HLGauss(cfg.v_min, cfg.v_max, cfg.num_bins, cfg.hl_sigma) if cfg.critic_head == "hl_gauss" else None
+        self.q = TwinQ(feat + self.action_dim, cfg.hidden, hl).to(self.device)
         self.v = mlp([feat, *cfg.hidden, 1]).to(self.device)
         self.q_target = copy.deepcopy(nn.ModuleList([self.q, self.encoder]))
         self.q_target.requires_grad_(False)
@@ -154,8 +168,7 @@ class IQL(Learner):
         v = self.v(feats.detach()).squeeze(-1)
         adv = (target_q - v).detach()
         value_loss = expectile_loss(target_q - v, cfg.expectile)
-        q = self.q(torch.cat([feats, action], -1))  # (2, B)
-        q_loss = (q - td_target).pow(2).mean()  # = mean of the two critics' MSEs
+        q_loss, q = self.q.loss(torch.cat([feats, action], -1), td_target)  # q: (2, B)
         weights = advantage_weights(adv, cfg.beta, cfg.max_weight)
         mean, std = self.actor.dist_params(feats.detach())
         if std is None:
@@ -210,14 +223,25 @@ class IQL(Learner):
 
 
 class TwinQ(nn.Module):
-    """Two Q MLPs evaluated as one batched ensemble: (B, in) -> (2, B)."""
+    """Two Q MLPs evaluated as one batched ensemble: (B, in) -> (2, B); with ``hl`` each
+    outputs HL-Gauss logits and its value is their expectation."""
 
-    def __init__(self, d_in: int, hidden: tuple[int, ...]):
+    def __init__(self, d_in: int, hidden: tuple[int, ...], hl: HLGauss | None = None):
         super().__init__()
-        self.net = ensemble_mlp(2, [d_in, *hidden, 1])
+        self.hl = hl
+        self.net = ensemble_mlp(2, [d_in, *hidden, hl.num_bins if hl is not None else 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.expand(2, *x.shape)).squeeze(-1)
+        out = self.net(x.expand(2, *x.shape))
+        return self.hl.value(out) if self.hl is not None else out.squeeze(-1)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over both critics and the rows of the loss against (B,) targets -> (loss, (2, B) Q)."""
+        out = self.net(x.expand(2, *x.shape))
+        if self.hl is None:
+            q = out.squeeze(-1)
+            return (q - target).pow(2).mean(), q  # = mean of the two critics' MSEs
+        return self.hl.loss(out, target.expand(2, -1)).mean(), self.hl.value(out)
 
 
 def _to(obs: Mapping[str, Any], device) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
+from embodied.learners.hl_gauss import HLGauss
 from embodied.learners.nets import ensemble_mlp
 from policies.actor import GaussianActor
 from policies.encoders import ObsEncoder, RandomShift
@@ -81,6 +82,17 @@ class SACConfig:
     """Size of the pixel features after the encoder's projection (LayerNorm + tanh)."""
     channels: int = 32
     """Channels of each conv layer of the pixel encoder."""
+    critic_head: Literal["mse", "hl_gauss"] = "mse"
+    """Critic output: a scalar regressed by MSE, or HL-Gauss logits over ``num_bins`` bins of
+    [v_min, v_max] trained by cross-entropy (embodied/learners/hl_gauss.py)."""
+    v_min: float = 0.0
+    """HL-Gauss: lower end of the value range (targets are clipped into the range)."""
+    v_max: float = 100.0
+    """HL-Gauss: upper end of the value range (reward in [0, 1], gamma 0.99: at most 100)."""
+    num_bins: int = 51
+    """HL-Gauss: bins over the value range."""
+    hl_sigma: float = 0.75
+    """HL-Gauss: std of the target Gaussian, in bin widths."""
     seed: int = 0
     """Seed of the learner's own random generator (action noise, subsets, augmentation)."""
     device: str = "cpu"
@@ -93,11 +105,26 @@ class Critic(nn.Module):
     def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig):
         super().__init__()
         self.members = cfg.num_critics
-        self.q = ensemble_mlp(cfg.num_critics, [feature_dim + action_dim, *cfg.hidden, 1], cfg.layer_norm)
+        self.hl = HLGauss(cfg.v_min, cfg.v_max, cfg.num_bins, cfg.hl_sigma) if cfg.critic_head == "hl_gauss" else None
+        out = self.hl.num_bins if self.hl is not None else 1
+        self.q = ensemble_mlp(cfg.num_critics, [feature_dim + action_dim, *cfg.hidden, out], cfg.layer_norm)
+
+    def outputs(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """(E, B, 1) scalars or (E, B, num_bins) HL-Gauss logits."""
+        x = torch.cat([features, action], -1)
+        return self.q(x.expand(self.members, *x.shape))
 
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([features, action], -1)
-        return self.q(x.expand(self.members, *x.shape)).squeeze(-1)
+        out = self.outputs(features, action)
+        return self.hl.value(out) if self.hl is not None else out.squeeze(-1)
+
+    def loss(self, features: torch.Tensor, action: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over members of the mean per-row loss against the (B,) targets -> (loss, (E, B) Q)."""
+        out = self.outputs(features, action)
+        if self.hl is None:
+            q = out.squeeze(-1)
+            return (q - target).pow(2).mean(1).sum(), q
+        return self.hl.loss(out, target.expand(self.members, -1)).mean(1).sum(), self.hl.value(out)
 
 
 @contextmanager
@@ -154,7 +181,8 @@ class SAC(Learner):
 
     # ------------------------------------------------------------------ loss terms
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Sum over members of the mean squared TD error; moves the critics and their encoder.
+        """Sum over members of the mean squared TD error (HL-Gauss: the mean cross-entropy against
+        the target's binned Gaussian); moves the critics and their encoder.
 
         Returns (loss, metrics, detached features of ``batch.obs`` for the actor update).
         """
@@ -168,8 +196,7 @@ class SAC(Learner):
             target = batch.reward + batch.discount * v_next
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             features = self.encoder(batch.obs)
-        q = self.critic(features, batch.action)
-        loss = (q - target).pow(2).mean(1).sum()
+        loss, q = self.critic.loss(features, batch.action, target)
         metrics = {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
         return loss, metrics, features.detach()
 
