@@ -267,14 +267,19 @@ class Trainer:
         if episodic:
             self.labeler.poll()
             rollout = self.collector.finish(self.online, unresolved=self.labeler.unresolved())
-            rollout.refresh_values(self.learner.policy().value)  # carried steps: the critic moved since
+            # carried steps: the critic moved since they were valued (their bootstraps too)
+            rollout.refresh_values(self.learner.policy().value, self.online.next_obs_at)
+            if rollout.mask.sum() < self.learner.cfg.num_minibatches:  # too few labeled steps yet
+                self.collector.carry_all()
+                metrics.update({"rollout/trained_steps": 0.0, "rollout/carried_in": float(rollout.carried.sum()),
+                                "rollout/carried_out": float(self.collector.carrying), "rollout/label_wait_s": waited})
+                return  # no update: every step waits for the next rollout
         else:
             rollout = self.collector.finish(self.online)
         last_value = self.learner.policy().value(self.driver.obs)
         metrics.update(self.learner.update_rollout(rollout, last_value))
         if episodic:
-            metrics.update({"rollout/carried_out": float((rollout.length - rollout.mask.sum(0)).sum()),
-                            "rollout/label_wait_s": waited})
+            metrics.update({"rollout/carried_out": float(self.collector.carrying), "rollout/label_wait_s": waited})
         self.counters["updates"] += 1
 
     # -- the run --------------------------------------------------------------------------

@@ -314,6 +314,35 @@ def test_episode_labels_still_out_carry_their_steps_into_the_next_rollout_and_tr
     assert buf.length.tolist() == [1] and buf.data["meta"]["episode"][0, 0] == 2
 
 
+def test_a_carried_truncation_gets_its_bootstrap_revalued_and_carry_all_keeps_every_row():
+    collector = RolloutCollector(2, 1, ["state"], lambda obs: np.full(len(obs["state"]), 1.0, np.float32))
+    ex = {"log_prob": np.float32(-1.0), "value": np.float32(0.5)}
+    labels = Labels(8, episode_id=[0, 1, 1, 1, 9, 9, 9, 9])
+    collector.begin()
+    collector.add(transition([0, 0], [0, 0], ex, truncated=True, next_state=[5, 5], episode=0), 0, slot=0)
+    collector.add(transition([1, 0], [0, 0], ex, episode=1), 0, slot=1)
+    buf = collector.finish(labels, unresolved={0, 1})  # episode 0's labels are still out
+    assert buf.data["final_value"][0, 0] == 1.0 and not buf.mask.any()
+    collector.carry_all()
+    assert collector.carrying == 2
+    collector.begin()
+    assert buf.length.tolist() == [2] and buf.carried.tolist() == [2]
+    for t, slot in ((2, 2), (3, 3)):
+        collector.add(transition([t, 0], [0, 0], ex, terminated=t == 3, step=t, episode=1), 0, slot=slot)
+    buf = collector.finish(labels, unresolved=set())
+    seen = []
+
+    def critic(obs):  # the moved critic
+        seen.append(obs["state"].tolist())
+        return np.full(len(obs["state"]), 7.0, np.float32)
+
+    assert buf.refresh_values(critic, lambda slots: {"state": np.array([[5.0, 5.0]] * len(slots), np.float32)}) == 2
+    assert seen[-1] == [[5.0, 5.0]], "V of the true final observation, read back by slot"
+    np.testing.assert_allclose(buf.data["final_value"][:4, 0], [7.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(buf.data["value"][:4, 0], [7.0, 7.0, 0.5, 0.5])
+    assert buf.mask[:4, 0].all() and collector.carrying == 0
+
+
 TINY_PPO = ["learner=ppo", "learner.num_steps=128", "learner.num_minibatches=4", "learner.update_epochs=2",
             "learner.hidden=[32,32]", "train.threads=1", "eval.episodes=2", "eval.video_episodes=1"]
 

@@ -197,6 +197,10 @@ class PPO(Learner):
         cfg, d = self.cfg, rollout.data
         mask = rollout.mask
         ragged = not mask.all()
+        rows = int(mask.sum())
+        if rows < cfg.num_minibatches:
+            raise ValueError(f"a rollout with {rows} trainable steps does not fill learner.num_minibatches="
+                             f"{cfg.num_minibatches} minibatches (the loop carries such a rollout instead)")
         reward = d["reward"]
         if cfg.normalize_reward:
             reward = self.scale_rewards(reward, d["terminated"] | d["truncated"], mask if ragged else None)
@@ -205,10 +209,7 @@ class PPO(Learner):
         flat = {"obs": {k: v for k, v in d["obs"].items() if k in ("state", "pixels")}, "action": d["action"],
                 "reward": reward, "extras": {**d["extras"], "log_prob": d["log_prob"], "value": d["value"],
                                              "advantage": adv, "return": ret}}
-        rows = int(mask.sum())
         metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
-        if rows < cfg.num_minibatches:  # every step still waits for its episode's labels
-            return {**metrics, "reward/rollout_mean": float("nan")}
         pick = (lambda x: x[mask]) if ragged else (lambda x: x.reshape(-1, *x.shape[2:]))
         t = _tree(flat, lambda x: torch.as_tensor(pick(x), device=self.device))
         metrics.update(self.update(Batch(obs=t["obs"], action=t["action"], reward=t["reward"], discount=None,

@@ -247,12 +247,20 @@ class RolloutBuffer:
             batch["advantage"], batch["return"] = self.advantage[t, n], self.returns[t, n]
             yield batch if device is None else tree_to_torch(batch, device)
 
-    def refresh_values(self, value_fn) -> int:
-        """Recompute V of the carried rows with ``value_fn`` (the critic after the update they
-        missed); returns how many rows it valued."""
-        ts, ns = np.nonzero(self.stored & (np.arange(len(self.data["reward"]))[:, None] < self.carried[None, :]))
+    def refresh_values(self, value_fn, final_obs_fn=None) -> int:
+        """Recompute V of the carried rows with ``value_fn`` (the critic after the update(s) they
+        missed), and with ``final_obs_fn(slots) -> obs batch`` also V(true final obs) of the
+        carried rows that truncated (their bootstrap); returns how many rows it valued."""
+        stored = self.stored
+        carried = stored & (np.arange(len(self.data["reward"]))[:, None] < self.carried[None, :])
+        ts, ns = np.nonzero(carried)
         if len(ts):
             self.data["value"][ts, ns] = np.asarray(value_fn(_rows(self.data["obs"], ts, ns)), np.float32)
+        cut = carried & self.data["truncated"] & ~self.data["terminated"]
+        if final_obs_fn is not None and cut.any():
+            tt, nn = np.nonzero(cut)
+            obs = final_obs_fn(self.data["meta"]["slot"][tt, nn])
+            self.data["final_value"][tt, nn] = np.asarray(value_fn(obs), np.float32)
         return len(ts)
 
 
@@ -290,6 +298,18 @@ class RolloutCollector:
         self.buffer.reset()
         self._step.clear()
         self._usable = None
+
+    def carry_all(self) -> None:
+        """Train nothing of this rollout yet: :meth:`begin` carries every row (too few resolved
+        rows for an update)."""
+        if self._usable is not None:
+            self._usable = np.zeros_like(self._usable)
+            self.buffer.valid = np.zeros_like(self.buffer.stored)
+
+    @property
+    def carrying(self) -> int:
+        """Rows the next :meth:`begin` carries (0 when everything was resolved)."""
+        return 0 if self._usable is None else int((self.buffer.length - self._usable).sum())
 
     def begin(self) -> None:
         """Start the next rollout: rows the last :meth:`finish` left unresolved stay, in order."""
