@@ -197,7 +197,7 @@ class RewardLabeler:
         """Episodes whose labels may still arrive: running (not ended), or queried and not answered."""
         return set(self._episode_slots) | set(self._futures)
 
-    def wait_below(self, limit: int, poll_s: float = 0.01) -> float:
+    def wait_below(self, limit: int) -> float:
         """Block while more than ``limit`` episodes wait for labels (on-policy staleness bound);
         returns the seconds waited."""
         if self.pending <= limit:
@@ -205,7 +205,7 @@ class RewardLabeler:
         t0 = time.perf_counter()
         while self.pending > limit:
             futures = [f for f, _ in self._futures.values()]
-            wait(futures, timeout=poll_s * 100, return_when=FIRST_COMPLETED)
+            wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
             self.poll()
         return time.perf_counter() - t0
 

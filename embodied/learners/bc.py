@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
+from embodied.learners.nets import tree_map
 from embodied.schema import num
 from policies.bc import BCPolicy
 from policies.encoders import RandomShift
@@ -114,7 +114,7 @@ class BC(Learner):
         return chunk.to(self.device).float(), mask.to(self.device)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        obs = {k: _tree(v, lambda x: x.to(self.device)) for k, v in batch.obs.items() if k in ("state", "pixels")}
+        obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in ("state", "pixels")}
         if "pixels" in obs and self.net.training:
             obs["pixels"] = {c: self.shift(x) for c, x in obs["pixels"].items()}
         target, mask = self._targets(batch)
@@ -148,9 +148,3 @@ class BC(Learner):
         self.opt.load_state_dict(optimizer_state(state["opt"]))
         self.updates = int(state["updates"])
         self.fitted = bool(state.get("fitted", True))
-
-
-def _tree(x: Any, fn) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _tree(v, fn) for k, v in x.items()}
-    return fn(x) if isinstance(x, (np.ndarray, torch.Tensor)) else x

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def tree_map(fn, x: Any) -> Any:
+    """``fn`` on every array / tensor of a nested dict (lists of str pass through)."""
+    if isinstance(x, Mapping):
+        return {k: tree_map(fn, v) for k, v in x.items()}
+    return fn(x) if isinstance(x, (np.ndarray, torch.Tensor)) else x
 
 
 class EnsembleLinear(nn.Module):

@@ -44,7 +44,7 @@ import torch
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
-from embodied.learners.nets import FlatAdam
+from embodied.learners.nets import FlatAdam, tree_map
 from embodied.replay.rollout import gae
 from embodied.schema import num
 from policies.ppo import PPOPolicy
@@ -211,7 +211,7 @@ class PPO(Learner):
                                              "advantage": adv, "return": ret}}
         metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
         pick = (lambda x: x[mask]) if ragged else (lambda x: x.reshape(-1, *x.shape[2:]))
-        t = _tree(flat, lambda x: torch.as_tensor(pick(x), device=self.device))
+        t = tree_map(lambda x: torch.as_tensor(pick(x), device=self.device), flat)
         metrics.update(self.update(Batch(obs=t["obs"], action=t["action"], reward=t["reward"], discount=None,
                                          next_obs={}, extras=t["extras"])))
         metrics["reward/rollout_mean"] = float(d["reward"][mask].mean())
@@ -229,7 +229,7 @@ class PPO(Learner):
             sample = ex["tokens"] if "tokens" in ex else self.net.tokens_of(batch.action.to(self.device))
         else:
             sample = ex["raw_action"] if "raw_action" in ex else batch.action
-        obs = {k: _tree(v, lambda x: x.to(self.device)) for k, v in batch.obs.items() if k in ("state", "pixels")}
+        obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in ("state", "pixels")}
         rows = {"obs": obs, "sample": sample.to(self.device)}
         rows.update({k: ex[k].to(self.device).float() for k in ROLLOUT_KEYS})
         return rows
@@ -289,10 +289,10 @@ class PPO(Learner):
         history, last, epochs = [], [], 0
         for epochs in range(1, cfg.update_epochs + 1):
             order = torch.randperm(n, generator=self.gen).to(self.device)
-            shuffled = _tree(rows, lambda x: x[order])  # one gather per epoch; minibatches are slices
+            shuffled = tree_map(lambda x: x[order], rows)  # one gather per epoch; minibatches are slices
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 end_of_epoch = stop == n
-                terms, info = self._terms(_tree(shuffled, lambda x: x[start:stop]), diagnostics=end_of_epoch)
+                terms, info = self._terms(tree_map(lambda x: x[start:stop], shuffled), diagnostics=end_of_epoch)
                 loss = terms["loss/policy"] + cfg.vf_coef * terms["loss/value"] + cfg.ent_coef * terms["loss/entropy"]
                 grad_norm = self.opt.step(loss)  # zero, backward, clip to max_grad_norm, Adam
                 history.append(torch.stack([*terms.values(), grad_norm]).detach())
@@ -348,10 +348,3 @@ def check_action_space(space, head: str) -> list[int] | None:
         raise ValueError(f"PPO's {head} head acts in the contract's [-1, 1] action box, got low {space.low.min()} "
                          f"high {space.high.max()}: map the env's units onto [-1, 1] in its adapter")
     return None
-
-
-def _tree(x: Any, fn) -> Any:
-    """``fn`` on every array / tensor of a nested dict (lists of str pass through)."""
-    if isinstance(x, Mapping):
-        return {k: _tree(v, fn) for k, v in x.items()}
-    return fn(x) if isinstance(x, (np.ndarray, torch.Tensor)) else x
