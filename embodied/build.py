@@ -96,13 +96,29 @@ def learner_space(obs_space, inputs):
     return gym.spaces.Dict({k: obs_space[k] for k in inputs})
 
 
-def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, offline=None):
+def build_base(source: str | None, device: str = "cpu"):
+    """``base_policy=`` -> the frozen base policy a residual learner corrects."""
+    from policies.base import load_base
+
+    return load_base(source, device=device)
+
+
+def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, offline=None,
+                  base_policy: str | None = None):
     """``learner:`` config -> a :class:`~embodied.contracts.Learner` on the spaces it reads;
-    ``offline`` (a replay) is shown to it once before training (``prepare_offline``)."""
+    ``offline`` (a replay) is shown to it once before training (``prepare_offline``);
+    ``base_policy`` (a path or hub id) is loaded for ``learner=residual``."""
     from embodied.learners import make_learner
 
     name, inputs, kw = learner_kwargs(cfg, device)
-    learner = make_learner(name, learner_space(obs_space, inputs), action_space, **kw)
+    objects = None
+    if name == "residual":
+        from policies.base import check_base
+
+        base = build_base(base_policy, device or "cpu")
+        check_base(base, obs_space, action_space, str(base_policy))  # the env's whole space: a base may read pixels
+        objects = {"base": base, "base_source": str(base_policy)}
+    learner = make_learner(name, learner_space(obs_space, inputs), action_space, objects, **kw)
     if offline is not None and len(offline):
         learner.prepare_offline(offline)
     return learner

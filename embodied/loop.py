@@ -78,7 +78,8 @@ class Trainer:
                                 bounds=self.action_bounds, keys=self.keys,
                                 rewards=cfg.learner.name != "bc")  # BC reads actions only
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
-        self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline)
+        self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline,
+                                     base_policy=cfg.get("base_policy"))
         self.sample_rows = self.learner.rows_per_update
         self.collector = None  # on-policy learners: the rollout being collected
         if self.learner.on_policy and self.venv is not None:
@@ -97,6 +98,7 @@ class Trainer:
         self._recent: list[dict[str, Any]] = []
         self._offline_metrics: dict[str, float] = {}
         self.executor: ChunkExecutor | None = None
+        self._warmup: ChunkExecutor | None = None  # a learner's own warm-up policy (residual: base + noise)
         self._windows = None  # offline windows for learners that train on action chunks (BC)
 
     def _check_episodic_room(self) -> None:
@@ -194,10 +196,15 @@ class Trainer:
 
     # -- acting ---------------------------------------------------------------------------
     def _acting(self):
-        """What acts now: uniform random actions during warm-up, then the learner's policy
-        through the chunk executor (one action queue per env, reset by the Driver)."""
+        """What acts now: during warm-up uniform random actions (or the learner's own warm-up
+        policy: a residual's base plus noise), then the learner's policy through the chunk
+        executor (one action queue per env, reset by the Driver)."""
         if self.counters["env_steps"] < self.cfg.train.warmup_steps:
-            return self._random
+            if not hasattr(self.learner, "warmup_policy"):
+                return self._random
+            if self._warmup is None:
+                self._warmup = ChunkExecutor(self.learner.warmup_policy(), self.venv.num_envs)
+            return self._warmup
         if self.executor is None:
             self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
         return self.executor

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "iql_actor": "policies.iql:IQLPolicy",
     "ppo_actor_critic": "policies.ppo:PPOPolicy",
     "bc": "policies.bc:BCPolicy",
+    "residual": "policies.residual:ResidualPolicy",
 }
 
 
@@ -36,8 +37,9 @@ def register(kind: str, target: str) -> None:
     REGISTRY[kind] = target
 
 
-def from_spec(spec: Mapping[str, Any]):
-    """JSON spec (``{"kind": ..., **constructor args}``) -> a freshly initialised policy."""
+def from_spec(spec: Mapping[str, Any], **objects: Any):
+    """JSON spec (``{"kind": ..., **constructor args}``) -> a freshly initialised policy.
+    ``objects``: built things the class takes besides its spec (a residual's loaded ``base``)."""
     if not isinstance(spec, Mapping) or "kind" not in spec:
         raise ValueError("a policy spec must be a dict with a 'kind' key, as returned by policy.spec()")
     kind = spec["kind"]
@@ -46,7 +48,7 @@ def from_spec(spec: Mapping[str, Any]):
     module, name = REGISTRY[kind].split(":")
     cls = getattr(importlib.import_module(module), name)
     try:
-        return cls(**{k: v for k, v in spec.items() if k != "kind"})
+        return cls(**{k: v for k, v in spec.items() if k != "kind"}, **objects)
     except TypeError as err:
         raise ValueError(f"policy spec for {kind!r} does not match {name}'s arguments: {err}") from None
 

@@ -3,7 +3,8 @@
 A chunked policy (``chunk_size = K > 1``) returns ``(B, K, A)`` chunks; the executor keeps
 one queue per env and plays each chunk open loop: an env whose queue is empty gets a new
 chunk (the policy is asked for those envs only), every env then takes the next action of
-its own queue. ``reset(env_ids)`` clears those envs' queues and the policy's per-env state;
+its own queue. ``reset(env_ids)`` clears those envs' queues and the policy's per-env state
+(``policy.reset`` and, for a per-env state object the policy returned, ``state.reset``);
 the loops call it at every episode boundary, truncations included, so no queued action of
 one episode is ever played in the next. ``execute`` (default K) plays only the first
 ``execute`` actions of each chunk before asking again (receding horizon).
@@ -53,7 +54,8 @@ class ChunkExecutor:
         self.policy, self.num_envs = policy, int(num_envs)
         self.deterministic = bool(deterministic)  # used when a call does not say (the Driver's calls)
         self.chunk_size = int(getattr(policy, "chunk_size", 1))
-        self.execute = int(execute or self.chunk_size)
+        # the policy's own setting when it has one (a LeRobot checkpoint's n_action_steps)
+        self.execute = int(execute or getattr(policy, "n_action_steps", None) or self.chunk_size)
         if not 1 <= self.execute <= self.chunk_size:
             raise ValueError(f"execute must be in [1, chunk_size={self.chunk_size}], got {execute}")
         self.queues: list[deque] = [deque() for _ in range(self.num_envs)]
@@ -67,6 +69,8 @@ class ChunkExecutor:
             self.queues[i].clear()
         if hasattr(self.policy, "reset"):
             self.policy.reset(list(ids))
+        if hasattr(self.state, "reset"):  # per-env state the policy returned (a residual's base queues)
+            self.state.reset(list(ids))
 
     def __call__(self, obs: dict[str, Any], deterministic: bool | None = None) -> PolicyStep:
         deterministic = self.deterministic if deterministic is None else bool(deterministic)

@@ -62,7 +62,8 @@ class LoopConfig:
 
 class Actor:
     def __init__(self, env, link=None, human=None, limits: ActionLimits | None = None,
-                 watchdog: Watchdog | None = None, cfg: LoopConfig | None = None, policy: Any = None):
+                 watchdog: Watchdog | None = None, cfg: LoopConfig | None = None, policy: Any = None,
+                 base: Any = None):
         self.cfg = cfg or LoopConfig()
         if self.cfg.mode not in MODES:
             raise ValueError(f"actor mode {self.cfg.mode!r} unknown; one of {MODES}")
@@ -86,26 +87,47 @@ class Actor:
         self._last_stats = 0.0
         self.episode_offset = 0
         self.executor: ChunkExecutor | None = None  # plays the policy's action chunks
+        # residual RL: the frozen base installed here; acts alone until the first residual
+        # weights arrive, and every transition records extras["base_action"]
+        self.base = base
+        self.base_executor: ChunkExecutor | None = ChunkExecutor(base, 1, deterministic=True) if base is not None else None
 
     # -- acting ---------------------------------------------------------------------------
     def _policy(self):
         return self.fixed_policy if self.fixed_policy is not None else getattr(self.link, "policy", None)
 
-    def _act(self, obs: dict, deterministic: bool) -> np.ndarray:
+    def _act(self, obs: dict, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(action, extras of the transition). Residual mode: extras hold ``base_action``."""
         policy = self._policy()
-        if policy is None:
-            return self.rng.uniform(-1, 1, self.env.action_space.shape).astype(np.float32)
-        if self.executor is None or self.executor.policy is not policy:  # new weights: a fresh queue
-            self.executor = ChunkExecutor(policy, 1)
         batch: dict[str, Any] = {"instruction": [obs.get("instruction", "")]}
         if "state" in obs:
             batch["state"] = obs["state"][None]
         if "pixels" in obs:
             batch["pixels"] = {c: v[None] for c, v in obs["pixels"].items()}
         t0 = time.perf_counter()
-        action = self.executor.act(batch, deterministic=deterministic)[0]
+        if policy is None and self.base_executor is not None:  # residual RL before the first weights: the base
+            action = self.base_executor.act(batch)[0]
+            extras = {"base_action": action.copy()}
+        elif policy is None:
+            return self.rng.uniform(-1, 1, self.env.action_space.shape).astype(np.float32), {}
+        else:
+            if self.executor is None or self.executor.policy is not policy:  # new weights: a fresh queue
+                self.executor = ChunkExecutor(policy, 1)
+                if self.base_executor is not None:
+                    self.executor.state = self.base_executor_state()
+            step = self.executor(batch, deterministic=deterministic)
+            action = np.asarray(step.action, np.float32)[0]
+            extras = {"base_action": np.asarray(step.extras["base_action"][0], np.float32)} \
+                if self.base is not None else {}
         self.latency_ms.append(1e3 * (time.perf_counter() - t0))
-        return action
+        return action, extras
+
+    def base_executor_state(self):
+        """The residual policy's per-env state continuing the base's current queue (new weights
+        mid-episode do not restart the base's chunk)."""
+        from policies.residual import BaseQueues
+
+        return BaseQueues(self.base, 1, executor=self.base_executor)
 
     # -- episodes -------------------------------------------------------------------------
     def _reset(self, episode: int) -> tuple[dict, dict]:
@@ -123,6 +145,8 @@ class Actor:
         obs, info = self.env.reset(seed=int(self.rng.integers(2**31)), options=options)
         if self.executor is not None:
             self.executor.reset()  # queued chunk actions never cross an episode boundary
+        if self.base_executor is not None:
+            self.base_executor.reset()
         self.limits.reset()
         if self.human is not None and hasattr(self.human, "new_episode"):
             self.human.new_episode()
@@ -152,7 +176,12 @@ class Actor:
 
             evaluating = bool(cfg.eval_every) and episode % cfg.eval_every == cfg.eval_every - 1
             intervening = cfg.mode != "none" and not evaluating and human.intervening and human.action is not None
-            action = human.action if intervening else self._act(obs, cfg.deterministic or evaluating)
+            if intervening and self.base is None:
+                action, extras = human.action, {}
+            else:  # residual mode: the base runs on under a takeover, its action recorded
+                action, extras = self._act(obs, cfg.deterministic or evaluating)
+                if intervening:
+                    action = human.action
             action = self.limits(action)
             if self.watchdog is not None:
                 self.watchdog.feed()
@@ -171,7 +200,7 @@ class Actor:
             success = bool(human.success or info.get("success", False))
             t = Transition(obs=obs, action=action, reward=float(reward), next_obs=next_obs, terminated=terminated,
                            truncated=truncated, is_first=step == 0, episode_id=episode, step=step,
-                           intervention=intervening, info=_scalars(info))
+                           intervention=intervening, info=_scalars(info), extras=extras)
             batch.append(t)
             self.counts["interventions"] += int(intervening)
             intervened_episode |= intervening
@@ -251,12 +280,20 @@ def _scalars(info: dict) -> dict:
             if isinstance(v, (bool, int, float, str, np.generic))}
 
 
-def build_policy(spec: dict, arrays: dict):
-    """Weights message -> a policy: rebuilt from its JSON spec, tensors copied in (no pickle)."""
+def build_policy(spec: dict, arrays: dict, base: Any = None):
+    """Weights message -> a policy: rebuilt from its JSON spec, tensors copied in (no pickle).
+    ``base``: the base policy installed on this computer (``base_policy=``), used by a residual
+    spec instead of loading the learner's path (the residual's weights are all that stream)."""
     import policies
     import torch
 
-    policy = policies.from_spec(spec)
+    if spec.get("kind") == "residual":
+        if base is None:
+            raise ValueError("the learner streams a residual policy: start embodied-actor with "
+                             "base_policy=<the base checkpoint on this computer>")
+        policy = policies.from_spec(spec, base=base)
+    else:
+        policy = policies.from_spec(spec)
     policy.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
     if hasattr(policy, "eval"):
         policy.train(False)

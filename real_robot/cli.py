@@ -62,6 +62,14 @@ def run_actor(cfg: DictConfig) -> dict:
     loop_kw = {k: v for k, v in OmegaConf.to_container(cfg.loop, resolve=True).items() if k != "threads"}
     loop = LoopConfig(seed=cfg.seed, stats_file=f"{cfg.run_dir}/actor_stats.json", **loop_kw)
     s, lk = cfg.safety, cfg.link
+    base = None
+    if cfg.get("base_policy"):  # residual RL: the base is installed here once; only residual weights stream
+        from functools import partial
+
+        from policies.base import load_base
+
+        base = load_base(str(cfg.base_policy))
+        build_policy = partial(build_policy, base=base)
     link = ActorLink(cfg.connect, cfg.actor_id, cfg.spool_dir, secret_key=cfg.curve.secret, server_key=cfg.curve.server,
                      insecure_loopback=cfg.insecure_loopback, fsync=lk.fsync, heartbeat=lk.heartbeat,
                      learner_timeout=lk.learner_timeout, resend_after=lk.resend_after, build_policy=build_policy)
@@ -74,7 +82,7 @@ def run_actor(cfg: DictConfig) -> dict:
     env = make_robot_env(OmegaConf.to_container(cfg.robot, resolve=True), seed=cfg.seed)
     human = make_human(cfg.teleop)
     watchdog = Watchdog(env, s.watchdog_deadline, s.watchdog_period).start()
-    actor = Actor(env, link, human, ActionLimits(s.low, s.high, s.max_delta), watchdog, loop)
+    actor = Actor(env, link, human, ActionLimits(s.low, s.high, s.max_delta), watchdog, loop, base=base)
     actor.episode_offset = link.counters.get("episode_floor", 0)  # episode ids stay unique across restarts
     link.counters.set("episode_floor", actor.episode_offset + 1_000_000)
     link.stats_fn = lambda: {k: v for k, v in actor.stats().items() if not k.startswith("link_")}

@@ -101,7 +101,8 @@ class LearnerServer:
         replays = build_replays(t, obs_space, act_space, cfg.seed, capacity=t.replay_capacity, dataset=cfg.get("demos"),
                                 offline_capacity=t.offline_capacity, offline_seed=cfg.seed + 1)
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
-        self.learner = build_learner(cfg.learner, obs_space, act_space, offline=self.offline)
+        self.learner = build_learner(cfg.learner, obs_space, act_space, offline=self.offline,
+                                     base_policy=cfg.get("base_policy"))
         self.rows = self.learner.rows_per_update
         self.reward, camera = self._reward_model(cfg, obs_space)
         # one labeler: interventions copied into the offline half share the original's label

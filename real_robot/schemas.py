@@ -58,6 +58,7 @@ class LearnerServerConfig:
     seed: int = 0
     run_dir: str = ""
     demos: str | None = None
+    base_policy: str | None = None
     spaces: Spaces = field(default_factory=Spaces)
     bridge: Bridge = field(default_factory=Bridge)
     train: LearnerTrain = field(default_factory=LearnerTrain)
@@ -91,6 +92,7 @@ class ActorConfig:
     connect: str = ""
     seed: int = 0
     insecure_loopback: bool = False
+    base_policy: str | None = None
     safety: Safety = field(default_factory=Safety)
     link: Link = field(default_factory=Link)
 
@@ -106,6 +108,12 @@ def check_learner_server_config(cfg) -> None:
     if learner_class(cfg.learner.name).on_policy:
         raise ValueError(f"learner={cfg.learner.name} trains on-policy from its own rollouts (embodied-train); "
                          "the learner server trains off-policy learners (sac, iql) from streamed transitions")
+    if cfg.learner.name == "residual":
+        from policies.base import base_kind
+
+        if not cfg.get("base_policy"):
+            raise ValueError("learner=residual corrects a frozen base policy: set base_policy=<the base checkpoint>")
+        base_kind(str(cfg.base_policy))
 
 
 def check_actor_config(cfg) -> None:
@@ -114,6 +122,10 @@ def check_actor_config(cfg) -> None:
     from real_robot.actor import LoopConfig
 
     check(cfg, ActorConfig)
+    if cfg.get("base_policy"):
+        from policies.base import base_kind
+
+        base_kind(str(cfg.base_policy))  # a missing base is an error before the robot is touched
     loop = to_dict(cfg.loop)
     loop.pop("threads", None)
     check(loop, LoopConfig, "loop.")

@@ -314,3 +314,40 @@ def test_sim_robot_actor_and_learner_learn_reach(tmp_path, procs, curve):
     assert result is not None, f"not learned: {final}"
     assert result["weights_version"] > 10 and result["steps"] <= 5000
     assert learner.poll() is None
+
+
+def test_residual_rl_on_the_sim_robot_streams_only_residual_weights_over_a_local_base(tmp_path, procs, curve):
+    """learner=residual over CURVE: the actor loads the base once from its own disk (acting
+    with it alone until the first residual weights arrive), the learner streams residual
+    weights only, and every transition - takeovers by the (scripted) human included - carries
+    the base action, so interventions land in the demo half with their base actions."""
+    import torch
+
+    import policies
+    from policies.bc import BCPolicy
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    policies.save_policy(BCPolicy(2, 8, hidden=(16,), chunk=4), base)  # chunked, state-only, random weights
+    port = transport.free_port()
+    learner = procs.start("embodied-learner", "learner", *learner_args(
+        tmp_path, port, "learner=residual", f"base_policy={base}", "learner.batch_size=16", "learner.hidden=[32,32]",
+        "learner.actor_hidden=[16]", "learner.num_critics=4", "learner.critic_warmup=0", "learner.utd=2",
+        "learner.actor_every=2", "train.n_step=3", "train.publish_every=10", starts=64, ckpt=1))
+    actor = procs.start("embodied-actor", "actor0", *actor_args(
+        tmp_path, port, "actor0", 1500, "loop.hz=50", f"base_policy={base}",
+        "teleop={kind:scripted,every:2,start:0,stop:5}"))
+    assert actor.wait(180) == 0, procs.log("actor0")[-3000:]
+    final = json.loads((tmp_path / "actor0" / "actor_stats.json").read_text())
+    assert final["steps"] == 1500 and final["weights_version"] > 0 and final["interventions"] > 0, final
+    wait_for(lambda: (tmp_path / "learner" / "ckpt").exists() and stats(tmp_path / "learner").get("updates", 0) > 0,
+             60, "learner updates", learner)
+    time.sleep(2.5)  # one more full checkpoint with the last batches
+    state = checkpoint.load(tmp_path / "learner" / "ckpt")
+    online, offline = state["online"], state["offline"]
+    assert "base_action" in online["extras"] and "base_action" in offline["extras"]
+    n_off = len(offline["slots"]["episode_id"])
+    assert n_off > 0 and np.abs(offline["extras"]["base_action"][:n_off]).sum() > 0  # takeovers with base actions
+    weights = state["learner"]["policy"]
+    assert not any(k.startswith("base") for k in weights), "the base never travels"
+    assert learner.poll() is None

@@ -21,6 +21,8 @@ LEARNERS = {
     "iql": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8},
     "ppo": {"hidden": [32, 32], "num_steps": 16, "num_minibatches": 2, "update_epochs": 2, "feature_dim": 8, "channels": 8},
     "bc": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8},
+    "residual": {"hidden": [32, 32], "actor_hidden": [16], "num_critics": 4, "batch_size": 8, "utd": 2,
+                 "actor_every": 2, "critic_warmup": 0, "feature_dim": 8, "channels": 8},
 }
 CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)]
 IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]
@@ -33,9 +35,28 @@ def obs_space(pixels: bool) -> spaces.Dict:
     return spaces.Dict(parts)
 
 
+_BASE: dict[str, str] = {}
+
+
+def base_folder() -> str:
+    """A saved chunked BC policy (state only) on disk: the frozen base of the residual case."""
+    if "path" not in _BASE:
+        import tempfile
+
+        from policies.bc import BCPolicy
+
+        torch.manual_seed(1)
+        _BASE["path"] = tempfile.mkdtemp(prefix="residual_base_")
+        policies.save_policy(BCPolicy(2, 5, hidden=(16,), chunk=3), _BASE["path"])
+    return _BASE["path"]
+
+
 def build(name: str, pixels: bool):
     torch.manual_seed(0)
-    return make_learner(name, obs_space(pixels), spaces.Box(-1, 1, (2,), np.float32), **LEARNERS[name])
+    objects = None
+    if name == "residual":
+        objects = {"base": policies.load_policy(base_folder()), "base_source": base_folder()}
+    return make_learner(name, obs_space(pixels), spaces.Box(-1, 1, (2,), np.float32), objects, **LEARNERS[name])
 
 
 def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator) -> dict:
@@ -59,8 +80,10 @@ def batch(rows: int, pixels: bool, seed: int = 0) -> Batch:
 
     obs, action = tensors(numpy_obs(rows, pixels, rng)), torch.as_tensor(rng.uniform(-1, 1, (rows, 2)), dtype=torch.float32)
     reward, next_obs = column(), tensors(numpy_obs(rows, pixels, rng))
-    # the columns of an on-policy rollout (PPO); off-policy learners ignore extras
-    extras = {"log_prob": column() - 2.0, "value": column(), "advantage": column(), "return": column()}
+    # the columns of an on-policy rollout (PPO) and of residual RL; other learners ignore extras
+    extras = {"log_prob": column() - 2.0, "value": column(), "advantage": column(), "return": column(),
+              "base_action": action.flip(0).clone(), "next_base_action": action.roll(1, 0).clone(),
+              "next_extras_known": torch.arange(rows) % 4 != 0}  # some rows end episodes: base asked afresh
     return Batch(obs=obs, action=action, reward=reward, discount=torch.full((rows,), 0.99), next_obs=next_obs,
                  extras=extras)
 

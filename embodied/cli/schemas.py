@@ -73,6 +73,7 @@ class TrainConfig:
     run_name: str = ""
     run_dir: str = ""
     resume: bool = False
+    base_policy: str | None = None
     env: EnvSection = field(default_factory=EnvSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -109,6 +110,10 @@ def check_train_config(cfg) -> None:
                          "train.offline_updates > 0 and train.total_steps=0")
     if t.offline_updates > 0 and not t.dataset:
         raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
+    if cfg.learner.name == "residual":
+        check_residual(cfg)
+    elif cfg.get("base_policy"):
+        raise ValueError(f"base_policy is read by learner=residual only; learner={cfg.learner.name} ignores it")
     if cfg.env.name == "none":
         if not t.dataset:
             raise ValueError("env=none trains from a dataset alone: set train.dataset=<LeRobotDataset path>")
@@ -121,6 +126,25 @@ def check_train_config(cfg) -> None:
 
     if learner_class(cfg.learner.name).on_policy:
         check_on_policy(cfg)
+
+
+def check_residual(cfg) -> None:
+    """learner=residual: a base to correct, an env to act in; the demos it learns from."""
+    from policies.base import base_kind
+
+    base, t = cfg.get("base_policy"), cfg.train
+    if not base:
+        raise ValueError("learner=residual corrects a frozen base policy: set base_policy=<policy folder | "
+                         "embodied-train run folder | LeRobot checkpoint folder | hub id>")
+    base_kind(str(base))  # a missing folder is an error now, not after the env is built
+    if cfg.env.name == "none":
+        raise ValueError("learner=residual learns from acting in an env; choose one (env=none is offline only)")
+    if t.n_step != 3 or not t.dataset:
+        import logging
+
+        logging.getLogger("embodied").info(
+            "learner=residual: the ResFiT recipe uses train.n_step=3 and demonstrations (train.dataset=...); "
+            "running with n_step=%d, dataset=%s", t.n_step, t.dataset)
 
 
 def check_on_policy(cfg) -> None:

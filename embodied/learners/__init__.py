@@ -15,6 +15,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "iql": ("embodied.learners.iql", "IQL", "IQLConfig"),
     "ppo": ("embodied.learners.ppo", "PPO", "PPOConfig"),
     "bc": ("embodied.learners.bc", "BC", "BCConfig"),
+    "residual": ("embodied.learners.residual", "Residual", "ResidualConfig"),
 }
 
 
@@ -49,8 +50,9 @@ def learner_class(name: str):
     return _config_class(name)[0]
 
 
-def make_learner(name: str, obs_space, action_space, **cfg: Any):
-    """Build learner ``name``; unknown keys or values of the wrong type are an error that names them."""
+def make_learner(name: str, obs_space, action_space, objects: dict[str, Any] | None = None, **cfg: Any):
+    """Build learner ``name``; unknown keys or values of the wrong type are an error that names them.
+    ``objects``: built things the learner takes besides its config (a residual's base policy)."""
     learner_cls, config_cls = _config_class(name)
     check_learner_config({"name": name, **cfg})
     import gymnasium as gym
@@ -61,4 +63,4 @@ def make_learner(name: str, obs_space, action_space, **cfg: Any):
     for key, value in cfg.items():
         if isinstance(value, list):
             cfg[key] = tuple(value)
-    return learner_cls(obs_space, action_space, config_cls(**cfg))
+    return learner_cls(obs_space, action_space, config_cls(**cfg), **(objects or {}))

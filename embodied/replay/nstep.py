@@ -49,7 +49,9 @@ class NStepSampler:
     loaded checkpoint's gamma and random state apply); :meth:`Replay.sample` is this
     sampler with those defaults. A batch holds ``obs``, ``action``, ``reward`` (the
     discounted sum), ``discount`` (``gamma**k``, 0 after a termination), ``next_obs``,
-    ``is_offline``, ``intervention``, ``extras`` (of the first step) and ``slot``.
+    ``is_offline``, ``intervention``, ``extras`` (of the first step; with each key's value at
+    ``next_obs`` as ``next_<key>`` and ``next_extras_known``, False where ``next_obs`` is an
+    episode's final observation, which has no extras) and ``slot``.
     """
 
     def __init__(self, replay, n_step: int | None = None, gamma: float | None = None,
@@ -88,9 +90,14 @@ class NStepSampler:
         rng = self._rng or r._rng
         slots = draw_uniform(rng, r.size, lambda s: self.windows(s)[0], batch_size)
         _, ret, disc, last = self.windows(slots)
+        extras = r.extras_at(slots)
+        if extras:  # what the policy computed at next_obs (a residual's base action there)
+            after, known = r.next_extras_at(last)
+            extras.update({f"next_{k}": v for k, v in after.items()})
+            extras["next_extras_known"] = known
         return {"obs": r.obs_at(slots), "action": r.action[slots], "reward": ret, "discount": disc,
                 "next_obs": r.next_obs_at(last), "is_offline": r.intervention[slots] | r.offline,
-                "intervention": r.intervention[slots].copy(), "extras": r.extras_at(slots), "slot": slots}
+                "intervention": r.intervention[slots].copy(), "extras": extras, "slot": slots}
 
     def sample_torch(self, batch_size: int, device="cpu") -> Batch:
         return to_torch(self.sample(batch_size), device)

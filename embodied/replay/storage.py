@@ -292,6 +292,28 @@ class Replay:
     def extras_at(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v[slots] for k, v in self.extras.items()}
 
+    def next_extras_at(self, slots: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The extras stored with the observation after each slot's transition, and a mask
+        of the rows that have them: False where that observation is an episode's final one
+        (the side store keeps no extras; e.g. no base action was computed there)."""
+        stored = self.final_idx[slots] == NONE
+        src = np.where(stored, self.next_slot[slots], 0)
+        return {k: v[src] for k, v in self.extras.items()}, stored & (self.next_slot[slots] != NONE)
+
+    def set_extras(self, key: str, slots: np.ndarray, values: np.ndarray) -> None:
+        """Write extras column ``key`` at ``slots`` (a relabelled ``base_action`` of demos),
+        adding the column (zeros elsewhere) when this replay has none of that name yet."""
+        values = np.asarray(values)
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        if values.shape[0] != slots.size:
+            raise ValueError(f"set_extras({key!r}) needs one row per slot, got {slots.size} slots and {values.shape[0]} rows")
+        if key not in self.extras:
+            self.extras_spec = {**(self.extras_spec or {}), key: (values.shape[1:], values.dtype)}
+            if self._extras_arg is not None:
+                self._extras_arg = dict(self.extras_spec)
+            self.extras[key] = np.zeros((self.capacity, *values.shape[1:]), values.dtype)
+        self.extras[key][slots] = values
+
     def episode_slots(self, episode_id: int) -> np.ndarray:
         """Slots of one episode in step order (those still stored)."""
         slots = np.flatnonzero(self.episode_id[: self.size] == episode_id)

@@ -26,6 +26,9 @@ velocity (4): where the target, block and goal are must be read from the images.
 (fingertip-target, block-goal) and ``d_0`` its value at reset. By default an episode
 runs to its time limit (``terminate_on_success=False``): the policy learns to stay at
 the goal, and every episode has the same length for video and reward-model evaluation.
+``sparse_reward=True`` replaces the dense reward by the success indicator (1 on a step
+that ends at success, else 0): the binary reward of residual RL (ResFiT), usually with
+``terminate_on_success=True``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class TabletopEnv(gym.Env):
         max_delta: float = 0.04,
         success_radius: float = 0.04,
         terminate_on_success: bool = False,
+        sparse_reward: bool = False,
         distractors: int = 0,
         randomize_colors: bool = False,
         proprio_only: bool = False,
@@ -84,6 +88,7 @@ class TabletopEnv(gym.Env):
         self.frame_skip, self.max_delta = int(frame_skip), float(max_delta)
         self.success_radius = float(success_radius)
         self.terminate_on_success = bool(terminate_on_success)
+        self.sparse_reward = bool(sparse_reward)
         self.distractors, self.randomize_colors = int(distractors), bool(randomize_colors)
         self.proprio_only = bool(proprio_only)
         self.render_mode = render_mode
@@ -143,7 +148,8 @@ class TabletopEnv(gym.Env):
         dist = self._task_distance()
         info = self._info(dist)
         terminated = bool(self.terminate_on_success and info["success"])
-        return self._obs(), self._reward(dist), terminated, False, info
+        reward = float(info["success"]) if self.sparse_reward else self._reward(dist)
+        return self._obs(), reward, terminated, False, info
 
     def render(self):
         if self.render_mode != "rgb_array":
