@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.stats import iqm_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ppo_runs.jsonl"
@@ -126,15 +128,6 @@ def _run_one(peer: str, env_id: str, steps: int, seed: int, episodes: int) -> di
     score = result["eval/return"] if peer == "ours" else result["return"]
     return {"peer": peer, "env": env_id, "seed": seed, "steps": steps, "episodes": episodes,
             "return": float(score), "seconds": seconds}
-
-
-def iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
-    from rliable import library as rly
-    from rliable import metrics
-
-    point, ci = rly.get_interval_estimates({"x": scores[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                           reps=2000)
-    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
 def parity(envs: list[str], steps: int, seeds: int, episodes: int, jobs: int, fresh: bool) -> dict:

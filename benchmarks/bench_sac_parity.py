@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.stats import iqm_ci
 import torch
 from tqdm import tqdm
 
@@ -84,15 +86,6 @@ def run_sb3(env_id: str, steps: int, starts: int, seed: int, episodes: int) -> f
                    policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu", verbose=0)
     model.learn(total_timesteps=steps, progress_bar=False)
     return evaluate(env, lambda o: model.predict(o, deterministic=True)[0], episodes, 10_000 + seed)
-
-
-def iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
-    from rliable import library as rly
-    from rliable import metrics
-
-    point, ci = rly.get_interval_estimates({"x": scores[:, None]}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                           reps=2000)
-    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,8 +49,11 @@ CAMERAS = ("agentview", "robot0_eye_in_hand", "frontview", "birdview", "sideview
 def make_robosuite(task: str, *, pixels: bool = False, cameras: Sequence[str] | str | None = None,
                    image_size: int = 84, max_episode_steps: int | None = None,
                    robots: str | Sequence[str] = "Panda", controller: str = "OSC_POSE",
-                   control_freq: int = 20, render_size: int = 256, **suite_kwargs: Any) -> gym.Env:
-    """``robosuite.make(task, ...)`` wrapped into the project's conventions (lazy import)."""
+                   control_freq: int = 20, render_size: int = 256, sparse_reward: bool = False,
+                   terminate_on_success: bool = False, **suite_kwargs: Any) -> gym.Env:
+    """``robosuite.make(task, ...)`` wrapped into the project's conventions (lazy import).
+    ``sparse_reward``: reward 1 on a step that ends in success, else 0 (instead of the staged
+    shaped reward); ``terminate_on_success``: the episode ends there (residual RL's setting)."""
     import robosuite
     from gymnasium.wrappers import TimeLimit
 
@@ -83,7 +86,9 @@ def make_robosuite(task: str, *, pixels: bool = False, cameras: Sequence[str] | 
         control_freq=control_freq,
         **suite_kwargs,
     )
-    return TimeLimit(RobosuiteAdapter(env, task, cams, image_size, render_size), steps)
+    adapter = RobosuiteAdapter(env, task, cams, image_size, render_size)
+    adapter.sparse_reward, adapter.terminate_on_success = bool(sparse_reward), bool(terminate_on_success)
+    return TimeLimit(adapter, steps)
 
 
 class RobosuiteAdapter(gym.Env):
@@ -92,6 +97,8 @@ class RobosuiteAdapter(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     FLIP: tuple[slice, ...] = (slice(None, None, -1),)  # robosuite renders upside down: flip rows
     TERMINATE_ON_SUCCESS = False
+    sparse_reward = False
+    terminate_on_success = False
 
     def __init__(self, env: Any, task: str, cameras: list[str], image_size: int, render_size: int,
                  progress: bool = True):
@@ -165,8 +172,9 @@ class RobosuiteAdapter(gym.Env):
     def step(self, action):
         raw, reward, done, _ = self.env.step(self._scale(action))
         info = self._info(float(reward), bool(done))
-        terminated = self.TERMINATE_ON_SUCCESS and info["success"]
-        return self._obs(raw), float(reward), terminated, False, info
+        terminated = (self.TERMINATE_ON_SUCCESS or self.terminate_on_success) and info["success"]
+        reward = float(info["success"]) if self.sparse_reward else float(reward)
+        return self._obs(raw), reward, terminated, False, info
 
     def render(self):
         camera = self.cameras[0] if self.cameras else "agentview"

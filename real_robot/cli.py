@@ -38,13 +38,19 @@ def make_human(cfg: Any):
         if name not in controllers:
             raise ValueError(f"teleop.controller {name!r} unknown; one of {sorted(controllers)}")
         return ScriptedHuman(controllers[name], **cfg)
+    if kind == "spacemouse":
+        from real_robot.teleop import SpaceMouseTeleop
+
+        human = SpaceMouseTeleop(**cfg)
+        human.connect()
+        return human
     if kind == "lerobot":
         from real_robot.teleop import LeRobotTeleop
 
         human = LeRobotTeleop(**cfg)
         human.connect()
         return human
-    raise ValueError(f"teleop.kind must be scripted or lerobot, got {kind!r}")
+    raise ValueError(f"teleop.kind must be scripted, spacemouse or lerobot, got {kind!r}")
 
 
 @one_line_errors

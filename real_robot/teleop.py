@@ -9,6 +9,10 @@ failure (a sparse reward label that ends the episode), e-stop, reset done.
   arms such as ``so100_leader`` / ``koch_leader``): device values are mapped to [-1, 1]
   through ``ranges``; devices that report events (gamepad, keyboard) give intervention
   and success/failure themselves, others use :class:`KeyEvents`.
+* :class:`SpaceMouseTeleop` -- a 3Dconnexion SpaceMouse through ``pyspacemouse`` (the
+  device SERL / HIL-SERL operators use; LeRobot has no teleoperator for it): moving the
+  puck past the dead zone takes over, its axes are the action, its buttons label
+  success / failure.
 * :class:`KeyEvents` -- a keyboard listener (pynput): space toggles intervention, ``s``
   success, ``f`` failure, ``Esc`` e-stop, ``Enter`` reset done.
 * :class:`ScriptedHuman` -- the test double for a hand: intervenes on a schedule with a
@@ -72,6 +76,86 @@ class KeyEvents:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.stop()
+
+
+class SpaceMouseTeleop:
+    """A 3Dconnexion SpaceMouse as the human's hand (``pyspacemouse``, HID).
+
+    axes: the SpaceMouse axes (``x y z roll pitch yaw``, each in [-1, 1]) that form the
+    action vector, in the robot's action order; a leading ``-`` flips one (``-y``).
+    gain: multiplies the axes before the clip to [-1, 1]. deadzone: below it an axis reads 0,
+    and the human intervenes while any action axis is past it (hands off: the policy acts;
+    ``hold_steps`` more polls of stillness before the takeover ends, so a brief pause mid-
+    correction is not a hand-back). buttons: which button index labels ``success`` and which
+    ``failure`` (pressed: the rising edge between two polls). ``device`` (tests): an opened
+    ``pyspacemouse.SpaceMouseDevice``; otherwise ``name`` (e.g. ``SpaceMouseCompact``, None:
+    the first one found) is opened on :meth:`connect`. ``keys``: e-stop / reset from the keyboard.
+    """
+
+    AXES = ("x", "y", "z", "roll", "pitch", "yaw")
+
+    def __init__(self, axes=("x", "y"), gain: float = 1.0, deadzone: float = 0.05, hold_steps: int = 2,
+                 buttons: Mapping[str, int] | None = None, name: str | None = None, keys: bool = True,
+                 device: Any = None, max_reads: int = 64):
+        self.axes = []
+        for axis in axes:
+            sign, key = (-1.0, axis[1:]) if str(axis).startswith("-") else (1.0, str(axis))
+            if key not in self.AXES:
+                raise ValueError(f"teleop.axes: unknown SpaceMouse axis {axis!r}; choose from {', '.join(self.AXES)}")
+            self.axes.append((key, sign))
+        self.gain, self.deadzone, self.hold_steps = float(gain), float(deadzone), int(hold_steps)
+        self.buttons = dict(buttons if buttons is not None else {"success": 0, "failure": 1})
+        unknown = sorted(set(self.buttons) - {"success", "failure"})
+        if unknown:
+            raise ValueError(f"teleop.buttons: {unknown[0]!r} is not a label; map success / failure to button indices")
+        self.name, self.device, self.max_reads = name, device, int(max_reads)
+        self.key_events = KeyEvents() if keys else None
+        self._was = [0] * 16
+        self._still = self.hold_steps + 1
+
+    def connect(self) -> None:
+        if self.device is not None:
+            return
+        import pyspacemouse
+
+        try:
+            self.device = pyspacemouse.open(device=self.name)
+        except (RuntimeError, ValueError, OSError) as err:
+            raise RuntimeError(f"no SpaceMouse opened ({err}); plug one in, check its udev permissions, "
+                               "or set teleop.name to one of pyspacemouse's supported devices") from None
+
+    def _read(self):
+        """Drain the pending HID reports (non-blocking) and return the newest state."""
+        state = self.device.read()
+        for _ in range(self.max_reads - 1):
+            before = state.t
+            state = self.device.read()
+            if state.t == before:  # no new report
+                break
+        return state
+
+    def poll(self, obs: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None) -> HumanInput:
+        state = self._read()
+        raw = np.array([sign * float(getattr(state, key)) for key, sign in self.axes])
+        raw = np.where(np.abs(raw) < self.deadzone, 0.0, raw)
+        moving = bool(np.any(raw != 0.0))
+        self._still = 0 if moving else self._still + 1
+        out = self.key_events.poll() if self.key_events is not None else HumanInput()
+        out.intervening |= self._still <= self.hold_steps
+        out.action = np.clip(self.gain * raw, -1.0, 1.0).astype(np.float32)
+        pressed = list(state.buttons)
+        edges = {i for i, b in enumerate(pressed) if b and not (self._was[i] if i < len(self._was) else 0)}
+        self._was = pressed + [0] * max(0, 16 - len(pressed))
+        out.success |= self.buttons.get("success") in edges
+        out.failure |= self.buttons.get("failure") in edges and not out.success
+        return out
+
+    def close(self) -> None:
+        if self.key_events is not None:
+            self.key_events.close()
+        if self.device is not None:
+            self.device.close()
+            self.device = None
 
 
 class LeRobotTeleop:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "WANDB_MODE": "disabled",
        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-PROGRAMS = ("embodied-", "make ", "python ")
+PROGRAMS = ("embodied-", "make ", "python ", "lerobot-train ")
 EXEMPT = {
     "make train": "set-up + the default run: CI runs the set-up; the run is test_default_experiment_learns_reach",
     "make test": "the test suite itself (CI's command: .ci/run)",
@@ -51,6 +51,9 @@ PPO_TINY = ["learner.num_steps=32", "learner.num_minibatches=4", "learner.update
             "train.total_steps=512", "eval.episodes=1", "eval.video_episodes=0", "checkpoint.every=256",
             "log.every=128", "wandb.mode=disabled"]  # on-policy: 32-step rollouts of every env (<= 8 envs)
 ENV_TINY = ["env.image_size=32", "env.max_episode_steps=60"]  # not for env=none: it has no env settings
+LEROBOT_TINY = ["--policy.dim_model=32", "--policy.dim_feedforward=64", "--policy.n_heads=2",
+                "--policy.n_encoder_layers=1", "--policy.n_decoder_layers=1", "--policy.latent_dim=4",
+                "--batch_size=4", "--steps=4", "--save_freq=4", "--log_freq=2"]
 SIMULATORS = ("libero", "robosuite")
 
 
@@ -102,7 +105,8 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
         for key, value in (a.split("=", 1) for a in PPO_TINY + ENV_TINY):
             setv(key, value)
     elif prog == "embodied-train":
-        args += TRAIN_TINY + (ENV_TINY if kv.get("env") != "none" else [])
+        own = [a for a in ENV_TINY if a.split("=")[0] not in kv]  # a command's own env.image_size stays
+        args += TRAIN_TINY + (own if kv.get("env") != "none" else [])
         setv("train.total_steps", 0 if kv.get("train.total_steps") == "0" else 120)
         if int(kv.get("train.offline_updates", 0)):
             setv("train.offline_updates", 30)
@@ -115,6 +119,8 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
         if "preference_pairs" in kv:
             setv("preference_pairs", 40)
         args += ["reward.max_epochs=3"] if "rlvlmf" in kv.get("reward", "") else []
+    elif prog == "lerobot-train":  # LeRobot's own trainer: a tiny ACT for 4 steps
+        args = [a for a in args if not a.startswith(("--steps=", "--batch_size="))] + LEROBOT_TINY
     elif prog == "embodied-eval":
         setv("episodes", 1)
         args += ["env.image_size=32", "env.max_episode_steps=20", "video_episodes=1"]
@@ -165,7 +171,7 @@ def substitutions(server: VLMServer, tmp: Path) -> dict[str, str]:
 def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
-    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
+    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -175,12 +181,15 @@ def test_the_reader_joins_continuations_and_drops_comments():
     assert readme_commands(text) == ["embodied-actor a=1 b=2", "embodied-label x=1"]
 
 
-CHAIN_ROBOT = [c for c in runnable() if c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
+CHAIN_RESIDUAL = [c for c in runnable() if any(k in c for k in ("push_sparse", "push_front", "runs/push_bc"))]
+CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL
+               and c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
 CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/libero_object_iql" in c]
-CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO and not any(k in c for k in SIMULATORS) and any(
+CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL and not any(k in c for k in SIMULATORS) and any(
     k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
-INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO]
+INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
+               + CHAIN_RESIDUAL]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
@@ -216,6 +225,41 @@ def test_libero_commands_run_as_written_in_order(tmp_path, vlm_server):
     assert (tmp_path / "datasets" / "libero_object_clip" / "meta" / "labeling.json").exists()
     results = next((tmp_path / "evals").glob("*/results.json"))
     assert json.loads(results.read_text())["overall"]["episodes"] == 1
+
+
+def test_residual_rl_commands_run_as_written_in_order(tmp_path):
+    """Sparse push demos -> BC base -> residual RL and the SAC baseline -> camera demos -> LeRobot's
+    ACT trainer -> residual RL over that ACT -> the residual on the robot loop (learner + sim actor)."""
+    assert [c.split()[0] for c in CHAIN_RESIDUAL] == [
+        "embodied-make-dataset", "embodied-train", "embodied-train", "embodied-train", "embodied-make-dataset",
+        "lerobot-train", "embodied-train", "embodied-learner", "embodied-actor"], CHAIN_RESIDUAL
+    port = transport.free_port()
+    learner = None
+    try:
+        for command in CHAIN_RESIDUAL:
+            argv = shrink(command, {})
+            if command.startswith("embodied-learner"):
+                argv += [f"bridge.bind=tcp://127.0.0.1:{port}", "train.learning_starts=40",
+                         "train.publish_every=5"]
+                learner = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                           stderr=open(tmp_path / "learner.log", "wb"))
+                ready = tmp_path / "runs" / "push_residual_learner" / "learner_stats.json"
+                deadline = time.monotonic() + 180  # demos loaded, base actions relabelled
+                while not ready.exists() and time.monotonic() < deadline and learner.poll() is None:
+                    time.sleep(0.3)
+                assert ready.exists(), (tmp_path / "learner.log").read_text()[-2000:]
+            elif command.startswith("embodied-actor"):
+                run(argv + [f"connect=tcp://127.0.0.1:{port}", "loop.max_steps=300", "loop.hz=100"], tmp_path)
+                stop(learner, tmp_path / "learner.log")
+                learner = None
+            else:
+                run(argv, tmp_path, timeout=900)
+    finally:
+        if learner is not None:
+            learner.kill()
+    stats = json.loads((tmp_path / "runs" / "push_residual_actor" / "actor_stats.json").read_text())
+    assert stats["steps"] == 300 and stats["link_batches_acked"] > 0
+    assert (tmp_path / "outputs" / "act_push_front" / "checkpoints" / "last" / "pretrained_model").is_dir()
 
 
 def test_real_robot_walkthrough_runs_as_written(tmp_path):
