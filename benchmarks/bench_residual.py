@@ -10,8 +10,8 @@ against a Python loop over heads (speed and memory), same machine, same run.
    and the median of the per-round ratios is reported with its min and max.
 2. One critic forward + backward (10 heads, batch 256, 256x256, LayerNorm): the fused
    ensemble (``embodied.learners.nets.ensemble_mlp``, one batched matmul per layer) vs ten
-   separate ``nn.Sequential`` heads in a Python loop. Memory: bytes of the tensors autograd
-   saves for the backward pass (counted with saved-tensor hooks), and parameter bytes.
+   separate ``nn.Sequential`` heads in a Python loop. Memory: bytes of the distinct storages
+   autograd keeps for the backward pass (saved-tensor hooks), and parameter bytes.
 
 Writes ``benchmarks/results/residual.{json,md}``.
 
@@ -111,15 +111,19 @@ class LoopedHeads(torch.nn.Module):
 
 
 def _saved_bytes(fn) -> int:
-    total = [0]
+    """Bytes of distinct storages autograd keeps for the backward pass (an expanded view of
+    the input counts once, at its real size; parameters are not counted)."""
+    seen: dict[int, int] = {}
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        if not isinstance(t, torch.nn.Parameter):
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total[0]
+    return sum(seen.values())
 
 
 def bench_ensemble(rounds: int, reps: int) -> dict:

@@ -107,7 +107,8 @@ def write_table() -> str:
              "each batch, the same critic ensemble (10 heads, 128x128, LayerNorm), batch 128 and 4 critic updates "
              "per env step for both RL learners. Success over the same evaluation episodes; IQM over seeds with "
              "95 % bootstrap CI (rliable). `benchmarks/residual_demos.py`.", "",
-             "| task | method | env steps | seeds | success per seed | IQM | 95 % CI |", "|---|---|---|---|---|---|---|"]
+             "| task | method | env steps | eval episodes | seeds | success per seed | IQM | 95 % CI |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"bc": "BC base (frozen)", "residual": "residual RL over it", "sac": "SAC from scratch + same demos"}
     for task in TASKS:
         for method in ("bc", "residual", "sac"):
@@ -116,7 +117,7 @@ def write_table() -> str:
                 continue
             scores = np.array([r["success"] for r in sorted(got, key=lambda r: r["seed"])])
             point, lo, hi = iqm_ci(scores) if len(scores) >= 2 else (float(scores[0]), float("nan"), float("nan"))
-            lines.append(f"| {TASKS[task]['label']} | {names[method]} | {got[0]['steps']} | {len(got)} | "
+            lines.append(f"| {TASKS[task]['label']} | {names[method]} | {got[0]['steps']} | {got[0]['episodes']} | {len(got)} | "
                          f"{', '.join(f'{s:.2f}' for s in scores)} | {point:.2f} | [{lo:.2f}, {hi:.2f}] |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "residual_demos.md").write_text(text)

@@ -115,9 +115,14 @@ def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, 
     if name == "residual":
         from policies.base import check_base
 
+        from pathlib import Path
+
+        from policies.base import base_kind
+
         base = build_base(base_policy, device or "cpu")
         check_base(base, obs_space, action_space, str(base_policy))  # the env's whole space: a base may read pixels
-        objects = {"base": base, "base_source": str(base_policy)}
+        source = str(base_policy) if base_kind(str(base_policy)) == "hub" else str(Path(base_policy).expanduser().resolve())
+        objects = {"base": base, "base_source": source}  # absolute: the saved policy loads from any folder
     learner = make_learner(name, learner_space(obs_space, inputs), action_space, objects, **kw)
     if offline is not None and len(offline):
         learner.prepare_offline(offline)

@@ -23,6 +23,8 @@ Policy
     and per-env state) and ``reset(env_ids)`` at episode boundaries; chunks are played by
     one :class:`policies.chunking.ChunkExecutor` (a queue per env) in the Driver,
     evaluation and the robot actor. :class:`PolicyBase` gives stateless policies both.
+    A per-env ``state`` object with a ``reset(env_ids)`` method (a residual policy's base
+    queues) is reset by the executor at the same boundaries.
 RewardModel
     :class:`RewardModel`: labels frames (``granularity="frame"``), frame pairs
     (``"pair"``) or whole episodes (``"episode"``) given the task instruction; says
@@ -33,7 +35,9 @@ Learner
     may move; ``rows_per_update`` says how many replay rows one ``update`` takes and
     ``prepare_offline(replay)`` runs before an offline phase (dataset statistics).
     ``policy_weights()`` is what ships to actors, apart from ``state_dict()`` (critics,
-    targets, temperatures and optimisers stay on the learner). An ``on_policy`` learner
+    targets, temperatures and optimisers stay on the learner). A learner with a
+    ``warmup_policy()`` acts with it during ``train.warmup_steps`` instead of uniform random
+    actions (residual RL: the base plus noise, carrying the same extras as its policy). An ``on_policy`` learner
     (PPO) trains on whole rollouts instead: ``update_rollout(rollout, last_value)`` with a
     :class:`embodied.replay.RolloutBuffer` its own policy filled, and that policy has
     ``value(obs)`` for bootstrapping.

@@ -207,6 +207,8 @@ class Trainer:
             return self._warmup
         if self.executor is None:
             self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
+            if self._warmup is not None:  # a residual's base queues carry on mid-episode
+                self.executor.state = self._warmup.state
         return self.executor
 
     def _random(self, obs: dict[str, Any]) -> np.ndarray:

@@ -57,14 +57,14 @@ class ChunkExecutor:
         # the policy's own setting when it has one (a LeRobot checkpoint's n_action_steps)
         self.execute = int(execute or getattr(policy, "n_action_steps", None) or self.chunk_size)
         if not 1 <= self.execute <= self.chunk_size:
-            raise ValueError(f"execute must be in [1, chunk_size={self.chunk_size}], got {execute}")
+            raise ValueError(f"execute must be in [1, chunk_size={self.chunk_size}], got {self.execute}")
         self.queues: list[deque] = [deque() for _ in range(self.num_envs)]
         self.state: Any = None
         self._layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # what a drawn step carries
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """Forget the queued actions (and the policy's state) of ``env_ids`` (all when None)."""
-        ids = range(self.num_envs) if env_ids is None else env_ids
+        ids = list(range(self.num_envs) if env_ids is None else env_ids)
         for i in ids:
             self.queues[i].clear()
         if hasattr(self.policy, "reset"):

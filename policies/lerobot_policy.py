@@ -14,7 +14,11 @@ What it does per call, for a batch of envs:
 3. ``predict_action_chunk`` (never ``select_action``: LeRobot's ``select_action`` keeps ONE
    queue for the whole batch and its ``reset()`` clears every env; the project's chunk
    executor keeps a queue per env and resets only the env whose episode ended);
-4. the checkpoint's post-processor (un-normalisation) and a clip to the contract's [-1, 1].
+4. the checkpoint's post-processor (un-normalisation) and a clip to the contract's [-1, 1]
+   (so the checkpoint must have been trained on actions in [-1, 1], as the project's demos are).
+
+Policies that read an observation history (``n_obs_steps > 1``, Diffusion Policy's default)
+are refused for now: the adapter keeps no per-env history.
 
 The executor plays the first ``n_action_steps`` actions of each chunk (the checkpoint's own
 setting). Deterministic where the policy allows: ACT at inference has no sampling; flow
@@ -53,6 +57,10 @@ class LeRobotPolicy:
             raise ValueError(f"base_policy={source}: cannot read a LeRobot policy config there "
                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
         cfg.device = str(self.device)
+        if int(getattr(cfg, "n_obs_steps", 1) or 1) > 1:
+            raise ValueError(f"base_policy={source}: a {cfg.type} policy with n_obs_steps={cfg.n_obs_steps} needs an "
+                             "observation history per env, which this adapter does not keep yet; train it with "
+                             "n_obs_steps=1")
         self.config = cfg
         self.model = get_policy_class(cfg.type).from_pretrained(self.source, config=cfg)
         self.model.to(self.device).eval().requires_grad_(False)

@@ -106,7 +106,7 @@ class Actor:
             batch["pixels"] = {c: v[None] for c, v in obs["pixels"].items()}
         t0 = time.perf_counter()
         if policy is None and self.base_executor is not None:  # residual RL before the first weights: the base
-            action = self.base_executor.act(batch)[0]
+            action = np.asarray(self.base_executor.act(batch)[0], np.float32)
             extras = {"base_action": action.copy()}
         elif policy is None:
             return self.rng.uniform(-1, 1, self.env.action_space.shape).astype(np.float32), {}
@@ -114,6 +114,9 @@ class Actor:
             if self.executor is None or self.executor.policy is not policy:  # new weights: a fresh queue
                 self.executor = ChunkExecutor(policy, 1)
                 if self.base_executor is not None:
+                    execute = (getattr(policy, "config", None) or {}).get("base_execute")
+                    if execute is not None and execute != self.base_executor.execute:  # as the learner plays it
+                        self.base_executor = ChunkExecutor(self.base, 1, execute=execute, deterministic=True)
                     self.executor.state = self.base_executor_state()
             step = self.executor(batch, deterministic=deterministic)
             action = np.asarray(step.action, np.float32)[0]

@@ -152,6 +152,9 @@ class LearnerServer:
 
     def _check(self, t) -> None:
         r = self.online
+        if self.cfg.learner.name == "residual" and "base_action" not in t.extras:
+            raise schema.SchemaError("learner=residual needs each transition's base action: start embodied-actor "
+                                     "with base_policy=<the base checkpoint on the robot computer>")
         if r.has_state and np.shape(t.obs.get("state")) != (r.state_dim,):
             raise schema.SchemaError(f"state of shape {np.shape(t.obs.get('state'))}, learner expects ({r.state_dim},)")
         if np.shape(t.action) != (r.action_dim,):

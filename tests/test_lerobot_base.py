@@ -1,13 +1,11 @@
 """LeRobot policies as frozen bases: a tiny randomly initialised ACT saved by LeRobot's own
-save path, loaded with its pre/post-processors, played with a queue per env; LeRobot's own
-trainer (``lerobot-train``, the README command) on the project's recorded demonstrations;
-``embodied-train learner=residual`` over that ACT."""
+save path, loaded with its pre/post-processors, played with a queue per env. LeRobot's own
+trainer (``lerobot-train``) on the project's recorded demonstrations and ``embodied-train
+learner=residual`` over that ACT run as the README writes them
+(``tests/test_readme_commands.py::test_residual_rl_commands_run_as_written_in_order``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ import torch
 
 from policies.base import check_base, load_base
 from policies.chunking import ChunkExecutor
-from test_train_cli import run_train
 
 CHUNK, EXECUTE, IMAGE = 6, 4, 32
 
@@ -110,45 +107,3 @@ def test_a_lerobot_base_that_does_not_fit_the_env_is_refused_in_one_line(act_fol
         env.close()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_base(str(act_folder.parent / "missing"))
-
-
-LEROBOT_TRAIN = ("lerobot-train --dataset.repo_id=local/push --dataset.root={data} --policy.type=act "
-                 "--policy.device=cpu --policy.push_to_hub=false --policy.pretrained_backbone_weights=null "
-                 "--policy.chunk_size=20 --policy.n_action_steps=20 --output_dir={out} --wandb.enable=false "
-                 "--num_workers=0")
-TINY_ACT = ("--policy.dim_model=32 --policy.dim_feedforward=64 --policy.n_heads=2 --policy.n_encoder_layers=1 "
-            "--policy.n_decoder_layers=1 --policy.latent_dim=4 --batch_size=4 --steps=4 --save_freq=4 --log_freq=2")
-
-
-@pytest.mark.slow
-def test_lerobot_trains_act_on_the_projects_demos_and_residual_rl_runs_over_it(tmp_path):
-    """The README's two steps with tiny budgets: LeRobot's own trainer on demonstrations the
-    project recorded, then ``embodied-train learner=residual base_policy=<that checkpoint>``."""
-    import json
-
-    from embodied.datasets.generate import GenerateConfig, generate
-
-    generate(GenerateConfig(env="push", env_kwargs={"pixels": True, "cameras": ["front"], "image_size": IMAGE,
-                                                    "proprio_only": True},
-                            kinds=("scripted",), steps=200, seed=0, success_only=True), tmp_path / "demos")
-    data, out = tmp_path / "demos" / "scripted", tmp_path / "act"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    cmd = (LEROBOT_TRAIN.format(data=data, out=out) + " " + TINY_ACT).split()
-    proc = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], capture_output=True, text=True,
-                          timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = out / "checkpoints" / "last" / "pretrained_model"
-    assert (ckpt / "model.safetensors").exists() and (ckpt / "policy_preprocessor.json").exists()
-    run = tmp_path / "run"
-    run_train(["env=push_pixels", "env.cameras=[front]", f"env.image_size={IMAGE}", "learner=residual",
-               f"base_policy={ckpt}", f"train.dataset={data}", "train.n_step=3", "train.total_steps=40",
-               "train.warmup_steps=10", "train.learning_starts=10", "learner.batch_size=8", "learner.hidden=[16,16]",
-               "learner.actor_hidden=[16]", "learner.num_critics=2", "learner.critic_warmup=0", "eval.every=40",
-               "eval.episodes=1", "eval.video_episodes=0", "checkpoint.every=40", "log.every=20",
-               "wandb.mode=disabled"], run, timeout=600)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(r.get("residual/actor_updates", 0) for r in rows) > 0
-    from policies import load_policy
-
-    policy = load_policy(run)
-    assert policy.base.chunk_size == 20 and policy.spec()["base_policy"] == str(ckpt)

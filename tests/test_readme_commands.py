@@ -259,7 +259,12 @@ def test_residual_rl_commands_run_as_written_in_order(tmp_path):
             learner.kill()
     stats = json.loads((tmp_path / "runs" / "push_residual_actor" / "actor_stats.json").read_text())
     assert stats["steps"] == 300 and stats["link_batches_acked"] > 0
-    assert (tmp_path / "outputs" / "act_push_front" / "checkpoints" / "last" / "pretrained_model").is_dir()
+    import policies
+
+    act = tmp_path / "outputs" / "act_push_front" / "checkpoints" / "last" / "pretrained_model"
+    assert (act / "model.safetensors").exists() and (act / "policy_preprocessor.json").exists()
+    over_act = policies.load_policy(tmp_path / "runs" / "push_act_residual")  # the residual saved with its base
+    assert over_act.base.chunk_size == 20 and over_act.spec()["base_policy"] == str(act.resolve())
 
 
 def test_real_robot_walkthrough_runs_as_written(tmp_path):

@@ -148,16 +148,40 @@ def test_td_target_on_a_hand_case_min_over_two_heads_and_fresh_base_at_final_obs
         last.bias[0].fill_(2.0)
         last.bias[1].fill_(5.0)
     rng = np.random.default_rng(0)
-    state = torch.as_tensor(rng.normal(size=(3, STATE_DIM)), dtype=torch.float32)
-    batch = Batch(obs={"state": state}, action=torch.zeros(3, 2), reward=torch.tensor([1.0, 0.0, 0.5]),
-                  discount=torch.tensor([0.99 ** 3, 0.0, 0.99]), next_obs={"state": state.flip(0)},
-                  extras={"next_base_action": torch.zeros(3, 2), "next_extras_known": torch.tensor([True, False, True])})
+    state = torch.as_tensor(rng.normal(size=(4, STATE_DIM)), dtype=torch.float32)
+    # rows: bootstraps after 3 steps | a truncation at the final observation | 1 step | a termination
+    batch = Batch(obs={"state": state}, action=torch.zeros(4, 2), reward=torch.tensor([1.0, 0.0, 0.5, 1.0]),
+                  discount=torch.tensor([0.99 ** 3, 0.99, 0.99, 0.0]), next_obs={"state": state.flip(0)},
+                  extras={"next_base_action": torch.zeros(4, 2),
+                          "next_extras_known": torch.tensor([True, False, True, False])})
     target = learner.td_target(batch, learner._next_base(batch))
-    np.testing.assert_allclose(target.numpy(), [1.0 + 0.99 ** 3 * 2, 0.0, 0.5 + 0.99 * 2], rtol=1e-6)
+    np.testing.assert_allclose(target.numpy(), [1.0 + 0.99 ** 3 * 2, 0.99 * 2, 0.5 + 0.99 * 2, 1.0], rtol=1e-6)
     base = policies.load_policy(bc_base(tmp_path, 1))
     fresh = base.act({"state": state.flip(0)[1:2].numpy()})[0]
-    np.testing.assert_allclose(learner._next_base(batch)[1].numpy(), fresh, rtol=1e-6)  # asked afresh
-    np.testing.assert_array_equal(learner._next_base(batch)[0].numpy(), 0.0)  # stored one kept
+    next_base = learner._next_base(batch).numpy()
+    np.testing.assert_allclose(next_base[1], fresh, rtol=1e-6)  # final observation: asked afresh
+    np.testing.assert_array_equal(next_base[0], 0.0)  # the stored one kept
+    np.testing.assert_array_equal(next_base[3], 0.0)  # a termination never bootstraps: not asked
+
+
+def test_a_mixed_batch_is_shuffled_so_every_critic_slice_sees_both_halves():
+    from embodied.learners.sac import shuffled
+
+    rows = 64
+    ids = torch.arange(rows, dtype=torch.float32)
+    batch = Batch(obs={"state": ids[:, None].repeat(1, 3)}, action=ids[:, None].repeat(1, 2), reward=ids,
+                  discount=ids, next_obs={"state": ids[:, None] + 100}, is_offline=ids >= rows // 2,
+                  intervention=torch.zeros(rows, dtype=torch.bool), extras={"base_action": ids[:, None]})
+    out = shuffled(batch, torch.Generator().manual_seed(0))
+    order = out.reward
+    assert sorted(order.tolist()) == ids.tolist()  # a permutation
+    for x in (out.obs["state"][:, 0], out.action[:, 1], out.discount, out.next_obs["state"][:, 0] - 100,
+              out.extras["base_action"][:, 0]):
+        np.testing.assert_array_equal(x.numpy(), order.numpy())  # every column moved together
+    np.testing.assert_array_equal(out.is_offline.numpy(), (order >= rows // 2).numpy())
+    for k in range(4):  # the 4 critic slices of a utd-4 update: demos and online rows in each
+        part = out.is_offline[k * 16:(k + 1) * 16]
+        assert part.any() and not part.all()
 
 
 def test_step_zero_policy_and_executed_action_stay_in_range(tmp_path):

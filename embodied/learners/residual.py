@@ -42,8 +42,9 @@ Actor (every ``actor_every``-th critic update, after ``critic_warmup`` critic-on
     the target actor and target critic follow by Polyak averaging (``tau``). Critic and
     actor gradients are clipped to ``max_grad_norm``.
 
-One :meth:`update` call takes ``batch_size * utd`` rows: ``utd`` critic updates (default 4
-per env step) and the actor updates that fall due.
+One :meth:`update` call takes ``batch_size * utd`` rows, shuffled (a mixed batch arrives
+online half first), then ``utd`` critic updates (default 4 per env step) on consecutive
+slices and the actor updates that fall due.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
-from embodied.learners.sac import Critic, _rows, frozen
+from embodied.learners.sac import Critic, _rows, frozen, shuffled
 from embodied.schema import num
 from policies.encoders import RandomShift
 from policies.residual import ResidualPolicy, WarmupPolicy
@@ -188,7 +189,7 @@ class Residual(Learner):
         """Standardisation of the state from the demos; base actions relabelled over each demo
         episode from its start (fresh queues per episode); the demo reward (``demo_reward``)."""
         n = len(replay)
-        if "state" in replay.obs and n:
+        if "state" in replay.obs and n and self.pi.encoder.state_dim:
             state = replay.obs["state"][:n].astype(np.float64)
             self.pi.set_state_stats(state.mean(0), state.std(0))
         relabel_base_actions(replay, self.pi)
@@ -204,7 +205,9 @@ class Residual(Learner):
             raise ValueError("learner=residual trains on rows with extras['base_action'] (stored by the residual "
                              "policy's steps and by the demo relabelling); this batch has none")
         base = ex["next_base_action"].to(self.device).float().clone()
-        unknown = ~ex["next_extras_known"].to(self.device).bool()
+        # no step was taken at an episode's final observation: ask the base there, unless the
+        # target does not bootstrap (a termination: every demo's last step)
+        unknown = ~ex["next_extras_known"].to(self.device).bool() & (batch.discount.to(self.device) > 0)
         if unknown.any():
             rows = torch.nonzero(unknown).squeeze(1)
             obs = {k: _take(v, rows) for k, v in batch.next_obs.items() if k in ("state", "pixels", "instruction")}
@@ -264,6 +267,7 @@ class Residual(Learner):
         rows = cfg.batch_size * cfg.utd
         if batch.action.shape[0] != rows:
             raise ValueError(f"Residual.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
+        batch = shuffled(batch, self.gen)  # online rows first, demos last in a mixed batch: mix them
         obs, next_obs = self._augment(batch.obs), self._augment(batch.next_obs)
         next_base = self._next_base(batch)
         base = batch.extras["base_action"].to(self.device).float()

@@ -4,8 +4,9 @@ One ``update(batch)`` call (``batch_size * utd`` rows, e.g. half offline, half o
 from :class:`embodied.replay.MixedReplay`):
 
 1. random-shift augmentation of every camera frame (``augment``);
-2. ``utd`` critic updates, one per consecutive mini-batch of ``batch_size`` rows, each
-   followed by a Polyak update of the target critic;
+2. ``utd`` critic updates, one per consecutive mini-batch of ``batch_size`` rows (the rows
+   shuffled first, so every mini-batch mixes the online and offline halves), each followed
+   by a Polyak update of the target critic;
 3. one actor and temperature update on the last mini-batch (every ``actor_every`` calls).
 
 TD target: ``reward + discount * (min over num_min random critics of Q_target(s', a')
@@ -248,6 +249,7 @@ class SAC(Learner):
         rows = cfg.batch_size * cfg.utd
         if batch.action.shape[0] != rows:
             raise ValueError(f"SAC.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
+        batch = shuffled(batch, self.gen)  # an RLPD batch arrives online rows first, demos last
         obs, next_obs = self._augment(batch.obs), self._augment(batch.next_obs)
         metrics: dict[str, torch.Tensor] = {}
         for i in range(cfg.utd):
@@ -301,6 +303,24 @@ class SAC(Learner):
         self.gen.set_state(state["rng"].cpu())
         self.updates = int(state["counters"]["updates"])
         self.critic_updates = int(state["counters"]["critic_updates"])
+
+
+def shuffled(batch: Batch, gen: torch.Generator) -> Batch:
+    """The batch's rows in a random order: a mixed (RLPD) batch comes online half first, offline
+    half last, so without this the consecutive mini-batches of a utd > 1 update (and the actor
+    update on the last of them) would each see one half only."""
+    perm = torch.randperm(batch.action.shape[0], generator=gen, device=gen.device).to(batch.action.device)
+
+    def take(x):
+        if isinstance(x, Mapping):
+            return {k: take(v) for k, v in x.items()}
+        if torch.is_tensor(x):
+            return x[perm.to(x.device)]
+        return [x[i] for i in perm.tolist()] if isinstance(x, list) else x
+
+    return Batch(obs=take(batch.obs), action=take(batch.action), reward=take(batch.reward),
+                 discount=take(batch.discount), next_obs=take(batch.next_obs), is_offline=take(batch.is_offline),
+                 intervention=take(batch.intervention), extras=take(batch.extras or {}))
 
 
 def _rows(obs: Mapping[str, Any], part: slice) -> dict[str, Any]:
