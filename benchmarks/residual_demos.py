@@ -42,7 +42,7 @@ ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), "WANDB_
 
 TASKS = {
     "push": {"env": "push", "flags": [], "demo_steps": 6000, "bc_updates": 3000, "label": "push (built-in, state)"},
-    "lift": {"env": "robosuite_lift", "flags": ["env.pixels=false", "env.max_episode_steps=150"], "demo_steps": 6000,
+    "lift": {"env": "robosuite_lift", "flags": ["env.pixels=false", "env.cameras=null", "env.max_episode_steps=150"], "demo_steps": 6000,
              "bc_updates": 3000, "label": "robosuite Lift (Panda, state)"},
 }
 SPARSE = ["env.sparse_reward=true", "env.terminate_on_success=true"]
