@@ -306,3 +306,19 @@ def test_hl_gauss_heads_train_in_the_residual_learner_and_stay_in_their_range(tm
         last = learner.update(batch)
     assert last["loss/critic"] < first["loss/critic"]
     assert 0.0 <= last["q/mean"] <= 1.0 and "loss/actor" in last
+
+
+def test_a_resumed_learner_continues_the_exploration_and_warmup_noise(tmp_path):
+    from embodied import checkpoint
+
+    a = residual(tmp_path, chunk=1)
+    obs = {"state": np.random.default_rng(3).normal(size=(4, STATE_DIM)).astype(np.float32)}
+    a.policy().step(obs)  # draw some noise first
+    a.warmup_policy().step(obs)
+    checkpoint.save(tmp_path / "ckpt", 0, {"learner": a.state_dict()})
+    b = residual(tmp_path, chunk=1)
+    b.load_state_dict(checkpoint.load(tmp_path / "ckpt")["learner"])
+    np.testing.assert_array_equal(a.policy().step(obs).action, b.policy().step(obs).action)
+    np.testing.assert_array_equal(a.warmup_policy().step(obs).action, b.warmup_policy().step(obs).action)
+    fresh = residual(tmp_path, chunk=1)
+    assert not np.array_equal(fresh.warmup_policy().step(obs).action, b.warmup_policy().step(obs).action)

@@ -157,7 +157,8 @@ class Residual(Learner):
                                      cfg.explore_std, cfg.feature_dim, cfg.channels, cfg.base_execute,
                                      base=base).to(self.device)
             self.critic = Critic(self.pi.encoder.out_dim, self.action_dim, cfg).to(self.device)
-        self.pi.rng = np.random.default_rng(cfg.seed)
+        self.pi.rng = np.random.default_rng(cfg.seed)  # exploration noise
+        self.warmup_rng = np.random.default_rng([cfg.seed, 1])  # warm-up noise
         self.encoder = self.pi.encoder  # trained by the critic loss; the actor reads it detached
         self.train_encoder = bool(cams)
         self.encoder.requires_grad_(self.train_encoder)
@@ -181,8 +182,11 @@ class Residual(Learner):
         return self.cfg.batch_size * self.cfg.utd
 
     def warmup_policy(self) -> WarmupPolicy:
-        """What acts during ``train.warmup_steps``: the base plus uniform noise."""
-        return WarmupPolicy(self.pi, self.cfg.warmup_noise, seed=self.cfg.seed)
+        """What acts during ``train.warmup_steps``: the base plus uniform noise (its generator is
+        the learner's, so a resumed run continues the same noise)."""
+        warmup = WarmupPolicy(self.pi, self.cfg.warmup_noise)
+        warmup.rng = self.warmup_rng
+        return warmup
 
     # ------------------------------------------------------------------ demonstrations
     def prepare_offline(self, replay) -> None:
@@ -306,7 +310,8 @@ class Residual(Learner):
         return {"policy": self.pi.state_dict(), "critic": self.critic.state_dict(),
                 "target_critic": self.target_critic.state_dict(), "target_actor": self.target_actor.state_dict(),
                 "critic_opt": self.critic_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "rng": self.gen.get_state(),
+                "rng": self.gen.get_state(), "noise_rng": {"explore": self.pi.rng.bit_generator.state,
+                                                           "warmup": self.warmup_rng.bit_generator.state},
                 "counters": {"critic_updates": self.critic_updates, "actor_updates": self.actor_updates}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -317,6 +322,9 @@ class Residual(Learner):
         self.critic_opt.load_state_dict(optimizer_state(state["critic_opt"]))
         self.actor_opt.load_state_dict(optimizer_state(state["actor_opt"]))
         self.gen.set_state(state["rng"].cpu())
+        if "noise_rng" in state:
+            self.pi.rng.bit_generator.state = state["noise_rng"]["explore"]
+            self.warmup_rng.bit_generator.state = state["noise_rng"]["warmup"]
         self.critic_updates = int(state["counters"]["critic_updates"])
         self.actor_updates = int(state["counters"]["actor_updates"])
 
