@@ -111,11 +111,11 @@ class LeRobotPolicy:
 
     @torch.no_grad()
     def step(self, obs: Obs, state: Any = None, deterministic: bool = True) -> PolicyStep:
-        batch = self.pre(self._batch(obs))
+        raw = self._batch(obs)
+        batch = self.pre(raw)
         kw = {}
         if self._takes_noise:
-            n = len(obs.get("instruction") or []) or next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
-            shape = (n, self.chunk_size, int(getattr(self.config, "max_action_dim", self._action_dim)))
+            shape = (len(raw["task"]), self.chunk_size, int(getattr(self.config, "max_action_dim", self._action_dim)))
             kw["noise"] = (torch.zeros(shape, device=self.device) if deterministic
                            else torch.randn(shape, generator=self._gen, device=self.device))
         chunk = self.model.predict_action_chunk(batch, **kw)[..., : self._action_dim]

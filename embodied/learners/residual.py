@@ -60,7 +60,8 @@ from torch import nn
 
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
-from embodied.learners.sac import Critic, _rows, frozen, shuffled
+from embodied.learners.nets import tree_map
+from embodied.learners.sac import Critic, frozen, minibatches, shuffled, take_rows
 from embodied.schema import num
 from policies.encoders import RandomShift
 from policies.residual import ResidualPolicy, WarmupPolicy
@@ -214,8 +215,8 @@ class Residual(Learner):
         unknown = ~ex["next_extras_known"].to(self.device).bool() & (batch.discount.to(self.device) > 0)
         if unknown.any():
             rows = torch.nonzero(unknown).squeeze(1)
-            obs = {k: _take(v, rows) for k, v in batch.next_obs.items() if k in ("state", "pixels", "instruction")}
-            fresh = self.pi.new_state(int(rows.numel()))(_to_numpy(obs))
+            obs = take_rows({k: v for k, v in batch.next_obs.items() if k in ("state", "pixels", "instruction")}, rows)
+            fresh = self.pi.new_state(int(rows.numel()))(tree_map(lambda x: x.cpu().numpy(), obs))
             base[rows] = torch.as_tensor(fresh, device=self.device)
         return base
 
@@ -261,25 +262,16 @@ class Residual(Learner):
                 "loss/actor": [self.pi.actor]}
 
     # ------------------------------------------------------------------ update
-    def _augment(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        if self.shift is None:
-            return dict(obs)
-        return {**obs, "pixels": {c: self.shift(x, self.gen) for c, x in obs["pixels"].items()}}
-
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.cfg
         rows = cfg.batch_size * cfg.utd
         if batch.action.shape[0] != rows:
             raise ValueError(f"Residual.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
         batch = shuffled(batch, self.gen)  # online rows first, demos last in a mixed batch: mix them
-        obs, next_obs = self._augment(batch.obs), self._augment(batch.next_obs)
         next_base = self._next_base(batch)
         base = batch.extras["base_action"].to(self.device).float()
         metrics: dict[str, Any] = {}
-        for i in range(cfg.utd):
-            part = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-            mini = Batch(obs=_rows(obs, part), action=batch.action[part], reward=batch.reward[part],
-                         discount=batch.discount[part], next_obs=_rows(next_obs, part))
+        for part, mini in minibatches(batch, cfg.batch_size, cfg.utd, self.shift, self.gen):
             loss, m, features = self.critic_loss(mini, next_base[part])
             self.critic_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -366,17 +358,3 @@ def sparse_demo_rewards(replay) -> None:
     replay.labeled[:n] = True
     replay.terminated[:n] = done
     replay.truncated[:n] = False
-
-
-def _take(x: Any, rows: torch.Tensor) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _take(v, rows) for k, v in x.items()}
-    if torch.is_tensor(x):
-        return x[rows]
-    return [x[i] for i in rows.tolist()]  # instructions
-
-
-def _to_numpy(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _to_numpy(v) for k, v in x.items()}
-    return x.cpu().numpy() if torch.is_tensor(x) else x

@@ -240,22 +240,15 @@ class SAC(Learner):
 
     # ------------------------------------------------------------------ update
     def _augment(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        if self.shift is None:
-            return dict(obs)
-        return {**obs, "pixels": {c: self.shift(x, self.gen) for c, x in obs["pixels"].items()}}
+        return augment(obs, self.shift, self.gen)
 
     def update(self, batch: Batch) -> dict[str, float]:
         cfg = self.cfg
         rows = cfg.batch_size * cfg.utd
         if batch.action.shape[0] != rows:
             raise ValueError(f"SAC.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
-        batch = shuffled(batch, self.gen)  # an RLPD batch arrives online rows first, demos last
-        obs, next_obs = self._augment(batch.obs), self._augment(batch.next_obs)
         metrics: dict[str, torch.Tensor] = {}
-        for i in range(cfg.utd):
-            part = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-            mini = Batch(obs=_rows(obs, part), action=batch.action[part], reward=batch.reward[part],
-                         discount=batch.discount[part], next_obs=_rows(next_obs, part))
+        for _, mini in minibatches(shuffled(batch, self.gen), cfg.batch_size, cfg.utd, self.shift, self.gen):
             loss, metrics, features = self.critic_loss(mini)
             self.critic_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -305,25 +298,40 @@ class SAC(Learner):
         self.critic_updates = int(state["counters"]["critic_updates"])
 
 
+def take_rows(x: Any, index: slice | torch.Tensor) -> Any:
+    """Rows ``index`` (a slice or an index tensor) of a nested dict of tensors and
+    instruction lists."""
+    if isinstance(x, Mapping):
+        return {k: take_rows(v, index) for k, v in x.items()}
+    if torch.is_tensor(x):
+        return x[index if isinstance(index, slice) else index.to(x.device)]
+    if isinstance(x, list):
+        return x[index] if isinstance(index, slice) else [x[i] for i in index.tolist()]
+    return x
+
+
 def shuffled(batch: Batch, gen: torch.Generator) -> Batch:
     """The batch's rows in a random order: a mixed (RLPD) batch comes online half first, offline
     half last, so without this the consecutive mini-batches of a utd > 1 update (and the actor
     update on the last of them) would each see one half only."""
-    perm = torch.randperm(batch.action.shape[0], generator=gen, device=gen.device).to(batch.action.device)
-
-    def take(x):
-        if isinstance(x, Mapping):
-            return {k: take(v) for k, v in x.items()}
-        if torch.is_tensor(x):
-            return x[perm.to(x.device)]
-        return [x[i] for i in perm.tolist()] if isinstance(x, list) else x
-
-    return Batch(obs=take(batch.obs), action=take(batch.action), reward=take(batch.reward),
-                 discount=take(batch.discount), next_obs=take(batch.next_obs), is_offline=take(batch.is_offline),
-                 intervention=take(batch.intervention), extras=take(batch.extras or {}))
+    perm = torch.randperm(batch.action.shape[0], generator=gen, device=gen.device)
+    return Batch(**{name: take_rows(getattr(batch, name), perm) for name in
+                    ("obs", "action", "reward", "discount", "next_obs", "is_offline", "intervention")},
+                 extras=take_rows(batch.extras or {}, perm))
 
 
-def _rows(obs: Mapping[str, Any], part: slice) -> dict[str, Any]:
-    """Row slice of a (nested) observation dict of tensors; instruction lists pass through."""
-    return {k: _rows(v, part) if isinstance(v, Mapping) else v[part] if torch.is_tensor(v) else v
-            for k, v in obs.items()}
+def augment(obs: Mapping[str, Any], shift: RandomShift | None, gen: torch.Generator) -> dict[str, Any]:
+    """Random-shift every camera frame of ``obs`` (``shift`` None: unchanged)."""
+    if shift is None:
+        return dict(obs)
+    return {**obs, "pixels": {c: shift(x, gen) for c, x in obs["pixels"].items()}}
+
+
+def minibatches(batch: Batch, batch_size: int, utd: int, shift: RandomShift | None, gen: torch.Generator):
+    """The ``utd`` consecutive mini-batches of ``batch_size`` rows of a high-UTD update, pixels
+    augmented: yields ``(row slice, mini-batch)``."""
+    obs, next_obs = augment(batch.obs, shift, gen), augment(batch.next_obs, shift, gen)
+    for i in range(utd):
+        part = slice(i * batch_size, (i + 1) * batch_size)
+        yield part, Batch(obs=take_rows(obs, part), action=batch.action[part], reward=batch.reward[part],
+                          discount=batch.discount[part], next_obs=take_rows(next_obs, part))
