@@ -387,9 +387,22 @@ def scripted_source(arg: str | None, *, seed: int = 0, device: str = "cpu") -> C
 
 
 def folder_source(arg: str, *, seed: int = 0, device: str = "cpu") -> Callable[[Any], Any]:
-    from policies import load_policy
+    """A project policy or run folder, or a LeRobot checkpoint folder (``config.json`` +
+    ``model.safetensors``: ACT, Diffusion Policy, SmolVLA), loaded frozen as
+    :func:`policies.base.load_base` loads a residual learner's base."""
+    from policies.base import base_kind, load_base
 
-    policy = load_policy(arg, device=device)
+    policy = load_base(arg, device=device, **({} if base_kind(arg) == "project" else {"seed": seed}))
+    return lambda venv: policy
+
+
+def lerobot_source(arg: str, *, seed: int = 0, device: str = "cpu") -> Callable[[Any], Any]:
+    """``policy=lerobot:<hub id or folder>``: a LeRobot policy."""
+    from policies.lerobot_policy import LeRobotPolicy
+
+    if not arg:
+        raise ValueError("policy=lerobot: needs a hub id or a checkpoint folder after the colon")
+    policy = LeRobotPolicy(arg, device=device, seed=seed)
     return lambda venv: policy
 
 
@@ -399,6 +412,7 @@ def folder_source(arg: str, *, seed: int = 0, device: str = "cpu") -> Callable[[
 POLICY_SOURCES: dict[str, str] = {
     "scripted": "embodied.evaluation:scripted_source",
     "random": "embodied.evaluation:random_source",
+    "lerobot:": "embodied.evaluation:lerobot_source",
 }
 
 

@@ -107,3 +107,29 @@ def test_a_lerobot_base_that_does_not_fit_the_env_is_refused_in_one_line(act_fol
         env.close()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_base(str(act_folder.parent / "missing"))
+
+
+def test_embodied_eval_plays_a_lerobot_checkpoint_and_refuses_one_that_does_not_fit(act_folder, tmp_path, capsys):
+    """``embodied-eval policy=<LeRobot checkpoint folder>`` evaluates the ACT itself (the row a
+    residual run is compared with); a camera the env lacks is a one-line error before a step."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from embodied.cli import CONFIG_DIR
+    from embodied.cli.eval import run
+
+    env = ["env=push", "env.pixels=true", f"env.image_size={IMAGE}", "+env.proprio_only=true", "env.max_episode_steps=6",
+           f"policy={act_folder}", "episodes=2", "video_episodes=0"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        good = compose("eval", overrides=[*env, "env.cameras=[front]", f"output={tmp_path / 'good'}"])
+        bad = compose("eval", overrides=[*env, "env.cameras=[top]", f"output={tmp_path / 'bad'}"])
+    out = run(good)["tasks"][0]
+    assert out["episodes"] == 2 and out["mean_length"] == 6
+    assert json.loads((tmp_path / "good" / "results.json").read_text())["tasks"][0]["episodes"] == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run(bad)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith(("eval:", "push:"))]
+    assert len(err) == 1 and err[0].startswith("error: ") and "reads camera 'front'" in err[0], err
+    assert not (tmp_path / "bad" / "results.json").exists()

@@ -2,6 +2,7 @@
 
     embodied-eval env=libero_spatial tasks=all policy=runs/my_run      # 10 tasks x 50 episodes
     embodied-eval env=reach policy=scripted episodes=20 num_envs=4 output=evals/reach_expert
+    embodied-eval env=push env.pixels=true env.cameras=[front] policy=outputs/act/checkpoints/last/pretrained_model   # LeRobot
 
 The Hydra entry point; how episodes are counted, seeded and started (LIBERO's fixed initial
 states) is described in :mod:`embodied.evaluation`, what is written in :mod:`embodied.eval_report`.
