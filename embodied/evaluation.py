@@ -155,9 +155,21 @@ def _is_libero(name: str) -> bool:
 
 def resolve_tasks(env_name: str, tasks: Any = None) -> list[str]:
     """The env names to evaluate: ``tasks=None`` -> ``[env_name]``; ``"all"``, one id or a
-    list of ids -> the tasks of ``env_name``'s LIBERO suite (``libero/<suite>/<id>``)."""
+    list of ids -> the tasks of ``env_name``'s LIBERO suite (``libero/<suite>/<id>``) or of
+    the built-in ``lang_reach`` suite (``lang_reach/<colour>``, ids or colour names)."""
     if tasks is None:
         return [env_name]
+    if env_name.split("/")[0] == "lang_reach":  # the built-in language suite: one task per instructed colour
+        from envs.builtin.tasks import LangReachEnv
+
+        names = list(LangReachEnv.TASKS)
+        picked = names if tasks == "all" else [tasks] if isinstance(tasks, (int, str)) else list(tasks)
+        bad = [t for t in picked if not ((isinstance(t, int) and not isinstance(t, bool) and 0 <= t < len(names))
+                                         or t in names)]
+        if bad or not picked:
+            raise ValueError(f"tasks: {bad[0] if bad else tasks!r} is not a lang_reach task (all, 0..{len(names) - 1} "
+                             f"or {', '.join(names)})")
+        return [f"lang_reach/{names[t] if isinstance(t, int) else t}" for t in picked]
     parts = env_name.split("/")
     if len(parts) != 3 or not _is_libero(env_name):
         raise ValueError(f"tasks={tasks} needs a suite env (env=libero_spatial, libero_object, libero_goal, "

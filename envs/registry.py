@@ -134,6 +134,12 @@ def _reach(**kw: Any) -> gym.Env:
     return _time_limit(ReachEnv, 50, **kw)
 
 
+def _lang_reach(task: str | None = None, **kw: Any) -> gym.Env:
+    from envs.builtin.tasks import LangReachEnv
+
+    return _time_limit(LangReachEnv, 50, task=task, **kw)
+
+
 def _push(**kw: Any) -> gym.Env:
     from envs.builtin.tasks import PushEnv
 
@@ -167,6 +173,8 @@ def _libero(spec: str, **kw: Any) -> gym.Env:
 
 register_env("reach", _reach)
 register_env("push", _push)
+register_env("lang_reach", _lang_reach)
+register_env("lang_reach/", _lang_reach, "lang_reach/<colour>")
 register_env("gym/", _gym, "gym/<gymnasium id>")
 register_env("robosuite/", _robosuite, "robosuite/<task>")
 register_env("libero/", _libero, "libero/<suite>/<task_id>")

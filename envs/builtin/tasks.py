@@ -19,6 +19,16 @@ names ("move the gripper to the red target"). The colour is drawn per episode; o
   ``d_bg`` block-goal distance.
   success: ``d_bg < success_radius`` (0.04 m).
 
+``lang_reach`` — the language-conditioning suite: all four target discs (red, green, blue,
+yellow) lie in the scene at once and the instruction names the one to reach, so a
+policy that ignores the instruction succeeds about once in four. ``task=<colour>`` fixes
+the instructed colour (``lang_reach/<colour>`` names it; ``embodied-eval env=lang_reach
+tasks=all`` scores each instruction); otherwise it is drawn per episode with the
+probabilities ``set_task_probs`` sets (uniform by default; a PPO curriculum moves them).
+  state (12): gripper xy, gripper velocity xy, then the xy of the red, green, blue and
+  yellow discs in that fixed order: the state shows every disc, the instruction says which.
+  ``info["task_id"]``: the instructed colour's index in that order.
+
 With ``proprio_only=True`` (needs pixels) the state is only the gripper's position and
 velocity (4): where the target, block and goal are must be read from the images.
 
@@ -303,3 +313,56 @@ class PushEnv(TabletopEnv):
         d_gb = math.hypot(gx - bx, gy - by)
         return 0.25 * (1.0 - math.tanh(10.0 * d_gb)) + 1.0 - math.tanh(10.0 * dist)
 
+
+
+class LangReachEnv(ReachEnv):
+    """Reach the disc of the instructed colour among all four (see the module docstring)."""
+
+    name = "lang_reach"
+    state_dim = 12
+    MARKERS = slice(4, 12)  # xy of each colour's disc, in TARGET_COLORS order
+    TASKS = TARGET_COLORS
+
+    def __init__(self, task: str | None = None, **kwargs):
+        if task is not None and task not in TARGET_COLORS:
+            raise ValueError(f"lang_reach: task must be one of {list(TARGET_COLORS)} (the instructed colour), "
+                             f"got {task!r}")
+        kwargs.pop("distractors", None)
+        super().__init__(distractors=len(TARGET_COLORS) - 1, **kwargs)
+        self.task = task
+        self.task_probs = np.full(len(TARGET_COLORS), 1.0 / len(TARGET_COLORS))
+        self.task_id = 0
+        self._discs = np.zeros((len(TARGET_COLORS), 2))
+
+    def set_task_probs(self, probs) -> None:
+        """Probabilities of each instructed colour for the next episodes (TARGET_COLORS order)."""
+        p = np.asarray(probs, np.float64).reshape(-1)
+        if p.shape != (len(TARGET_COLORS),) or (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"lang_reach: task_probs must be {len(TARGET_COLORS)} non-negative weights, got {probs}")
+        self.task_probs = p / p.sum()
+
+    def _sample_task(self) -> None:
+        grip = self.np_random.uniform(-0.2, 0.2, 2)
+        self.data.qpos[0:2] = grip
+        n = len(TARGET_COLORS)
+        self.task_id = TARGET_COLORS.index(self.task) if self.task is not None else \
+            int(self.np_random.choice(n, p=self.task_probs))
+        self._discs = np.asarray(self._spread_points(n, -0.25, 0.25, 0.12, avoid=[grip]))
+        self._place_markers(self._discs, TARGET_COLORS)
+        color = TARGET_COLORS[self.task_id]
+        self._target = tuple(self._discs[self.task_id].tolist())
+        self.instruction = f"move the gripper to the {color} target"
+
+    def _state(self) -> np.ndarray:
+        (x, y), (vx, vy) = self.data.qpos[0:2].tolist(), self.data.qvel[0:2].tolist()
+        return np.concatenate([[x, y, vx, vy], self._discs.reshape(-1)]).astype(np.float32)
+
+    def _info(self, dist: float) -> dict[str, Any]:
+        return {**super()._info(dist), "task_id": self.task_id}
+
+    def expert_action(self) -> np.ndarray:
+        """Steer to the instructed disc (privileged: knows which one)."""
+        from envs.builtin.scripted import reach_action
+
+        goal = np.asarray(self._target, np.float32)
+        return reach_action(self._state(), goal=goal, max_delta=self.max_delta)
