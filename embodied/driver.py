@@ -132,6 +132,8 @@ class Driver:
                 summary = {"episode_id": int(self._episode[i]), "length": int(self._step[i]),
                            "return": float(self._return[i]), "success": bool(self._success[i]),
                            "progress": float(step_info.get("progress", np.nan))}
+                if "task_id" in step_info:  # a multi-task env: which task the episode was
+                    summary["task_id"] = int(step_info["task_id"])
                 for fn in self._episode_fns:
                     fn(summary, i)
                 ended.append(i)

@@ -29,6 +29,7 @@ REGISTRY: dict[str, str] = {
     "ppo_actor_critic": "policies.ppo:PPOPolicy",
     "bc": "policies.bc:BCPolicy",
     "residual": "policies.residual:ResidualPolicy",
+    "native_vla": "policies.vla.native:NativeVLA",
 }
 
 

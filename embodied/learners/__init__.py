@@ -16,6 +16,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "ppo": ("embodied.learners.ppo", "PPO", "PPOConfig"),
     "bc": ("embodied.learners.bc", "BC", "BCConfig"),
     "residual": ("embodied.learners.residual", "Residual", "ResidualConfig"),
+    "vla": ("embodied.learners.vla", "VLABC", "VLAConfig"),
 }
 
 
@@ -35,8 +36,8 @@ def check_learner_config(section: Any) -> None:
     cfg = to_dict(section)
     _, config_cls = _config_class(cfg.pop("name", None))
     inputs = cfg.pop("inputs", ["state"])
-    if not (isinstance(inputs, (list, tuple)) and inputs and set(inputs) <= {"state", "pixels"}):
-        raise ValueError(f"learner.inputs must be a list of state and/or pixels, got {inputs!r}")
+    if not (isinstance(inputs, (list, tuple)) and inputs and set(inputs) <= {"state", "pixels", "instruction"}):
+        raise ValueError(f"learner.inputs must be a list of state, pixels and/or instruction, got {inputs!r}")
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:

@@ -1,0 +1,166 @@
+"""Behaviour cloning of the native VLA (``policies/vla/native.py``) on demonstrations.
+
+``embodied-train env=lang_reach learner=vla train.dataset=<LeRobotDataset>
+train.offline_updates=N train.total_steps=0`` fits the VLA to the dataset's actions as
+tokens and evaluates it in the env. One update:
+
+1. a batch of ``batch_size`` demonstration windows: images, state and instruction at step
+   ``t`` and the next ``chunk`` actions of the same episode (``chunk = 1``: transitions);
+2. ``loss/bc`` = cross-entropy of each action dimension's token (the nearest of ``bins``
+   centres after mapping the demonstrations' 1st..99th percentile range onto [-1, 1]),
+   averaged over dimensions and the real steps of each window;
+3. one AdamW step, gradients clipped to ``max_grad_norm``; random-shift augmentation of
+   the images when ``shift_pad > 0``.
+
+The state statistics, the action range and every instruction are read from the whole
+dataset before training (:meth:`VLABC.prepare_offline`): an instruction the encoder does not
+accept is a one-line error then, before any update. The value head is not trained here;
+``learner=ppo_vla`` warms it up before the policy moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+
+from embodied.checkpoint import optimizer_state
+from embodied.contracts import Batch, Learner
+from embodied.learners.nets import tree_map
+from embodied.schema import num
+from policies.encoders import RandomShift
+from policies.vla.native import NativeVLA
+
+
+@dataclass
+class VLAConfig:
+    bins: int = num(256, ge=2)
+    """Tokens per action dimension: N bins are N centres, linspace(-1, 1, N)."""
+    chunk: int = num(1, ge=1)
+    """Actions predicted per observation (K); the chunk executor plays them open loop. PPO fine-tuning needs 1."""
+    text: Literal["minilm", "learned"] = "minilm"
+    """Instruction encoder: a frozen all-MiniLM-L6-v2 (cached per instruction) or learned hashed word embeddings."""
+    text_path: str | None = None
+    """Another transformers sentence-encoder folder instead of the packaged MiniLM."""
+    max_tokens: int | None = num(None, ge=1)
+    """Longest instruction accepted (null: the encoder's own limit, 256 for MiniLM; 32 words for learned)."""
+    text_dim: int = num(64, ge=1)
+    """Width of the learned word embeddings (text=learned)."""
+    feature_dim: int = num(128, ge=1)
+    """Width of the projected image and instruction features."""
+    channels: int = num(32, ge=1)
+    """Channels of each conv layer."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Trunk MLP sizes (LayerNorm + ReLU)."""
+    value_hidden: tuple[int, ...] = (256, 256)
+    """Value-head MLP sizes (on detached trunk features; trained by PPO, not here)."""
+    temperature: float = num(1.0, gt=0)
+    """Sampling temperature the saved policy acts with (and PPO scores with)."""
+    action_quantiles: tuple[float, float] | None = (0.01, 0.99)
+    """Percentiles of the demonstrated actions mapped onto the token range (null: the contract's [-1, 1])."""
+    lr: float = num(3e-4, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = num(1e-4, ge=0)
+    """AdamW weight decay."""
+    batch_size: int = num(64, ge=1)
+    """Demonstration windows per update."""
+    max_grad_norm: float = num(1.0, gt=0)
+    """Global gradient norm clip."""
+    shift_pad: int = num(4, ge=0)
+    """Random-shift augmentation padding of the images (0: off)."""
+    seed: int = 0
+    """Seed of the initial weights."""
+    device: str = "cpu"
+    """Torch device of the network and of the update."""
+
+
+class VLABC(Learner):
+    def __init__(self, obs_space, action_space, cfg: VLAConfig | None = None):
+        import gymnasium as gym
+
+        self.cfg = cfg = cfg or VLAConfig()
+        if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+            raise ValueError(f"learner=vla tokenises continuous actions: it needs a flat Box action space, got "
+                             f"{action_space}")
+        spaces = obs_space.spaces
+        if "pixels" not in spaces or "instruction" not in spaces:
+            raise ValueError("learner=vla reads camera images and the instruction: set env.pixels=true and "
+                             "learner.inputs=[pixels, state, instruction] (or [pixels, instruction])")
+        cams = {c: tuple(s.shape) for c, s in spaces["pixels"].spaces.items()}
+        state_dim = int(spaces["state"].shape[0]) if "state" in spaces else 0
+        self.device = torch.device(cfg.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = NativeVLA(int(action_space.shape[0]), state_dim, cams, cfg.bins, cfg.chunk, cfg.text,
+                                 cfg.text_path, cfg.max_tokens, cfg.text_dim, feature_dim=cfg.feature_dim,
+                                 channels=cfg.channels, hidden=cfg.hidden, value_hidden=cfg.value_hidden,
+                                 temperature=cfg.temperature).to(self.device)
+        trained = [p for n, p in self.net.named_parameters() if not n.startswith("critic.")]
+        self.opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.shift = RandomShift(cfg.shift_pad)
+        self.updates = 0
+
+    @property
+    def rows_per_update(self) -> int:
+        return self.cfg.batch_size
+
+    @property
+    def window(self) -> int | None:
+        return self.cfg.chunk if self.cfg.chunk > 1 else None
+
+    def prepare_offline(self, replay) -> None:
+        """Normalisation from every demonstration step; every instruction checked against the encoder."""
+        n = len(replay)
+        state = replay.obs["state"][:n] if "state" in replay.obs else None
+        self.net.set_normalization(state, replay.action[:n], self.cfg.action_quantiles)
+        vocab = getattr(replay, "vocab", None)
+        if vocab:
+            self.net.check_instructions([str(t) for t in vocab])
+
+    def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ex = batch.extras or {}
+        if self.cfg.chunk > 1:
+            if "action_chunk" not in ex:
+                raise ValueError(f"learner=vla with chunk={self.cfg.chunk} trains on windows: batch.extras lacks "
+                                 "'action_chunk' (the training loop draws them with SequenceSampler)")
+            chunk, mask = ex["action_chunk"], ex.get("chunk_mask")
+        else:
+            chunk, mask = batch.action[:, None], None
+        mask = torch.ones(chunk.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+        return chunk.to(self.device).float(), mask.to(self.device)
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in ("state", "pixels")}
+        if "instruction" not in batch.obs:
+            raise ValueError("learner=vla trains on instructions: the batch has no obs['instruction'] "
+                             "(the dataset needs a task per episode)")
+        obs["instruction"] = list(batch.obs["instruction"])
+        if self.net.training and self.cfg.shift_pad:
+            obs["pixels"] = {c: self.shift(x) for c, x in obs["pixels"].items()}
+        target, mask = self._targets(batch)
+        return {"loss/bc": self.net.bc_loss(obs, target, mask)}
+
+    def loss_owners(self) -> dict[str, list]:
+        return {"loss/bc": [self.net.encoder, self.net.actor]}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        loss = self.losses(batch)["loss/bc"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.updates += 1
+        return {"loss/bc": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+    def policy(self) -> NativeVLA:
+        return self.net
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
+                "net": self.net.state_dict(), "opt": self.opt.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(optimizer_state(state["opt"]))
+        self.updates = int(state["updates"])
