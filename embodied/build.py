@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # Reward config keys read by the labeler (embodied/labeling.py), never by the module itself.
-LOOP_KEYS = ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries", "oracle")
+LOOP_KEYS = ("chunk", "max_pending", "workers", "scale", "feedback_every", "feedback_queries", "oracle", "env_weight")
 
 
 @dataclass
@@ -104,25 +104,29 @@ def build_base(source: str | None, device: str = "cpu"):
 
 
 def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, offline=None,
-                  base_policy: str | None = None):
+                  base_policy: str | None = None, policy: str | None = None):
     """``learner:`` config -> a :class:`~embodied.contracts.Learner` on the spaces it reads;
     ``offline`` (a replay) is shown to it once before training (``prepare_offline``);
-    ``base_policy`` (a path or hub id) is loaded for ``learner=residual``."""
+    ``base_policy`` (a path or hub id) is loaded for ``learner=residual``; ``policy`` (a saved
+    policy or run folder) is the starting point ``learner=ppo`` fine-tunes."""
+    from pathlib import Path
+
     from embodied.learners import make_learner
 
     name, inputs, kw = learner_kwargs(cfg, device)
     objects = None
     if name == "residual":
-        from policies.base import check_base
-
-        from pathlib import Path
-
-        from policies.base import base_kind
+        from policies.base import base_kind, check_base
 
         base = build_base(base_policy, device or "cpu")
         check_base(base, obs_space, action_space, str(base_policy))  # the env's whole space: a base may read pixels
         source = str(base_policy) if base_kind(str(base_policy)) == "hub" else str(Path(base_policy).expanduser().resolve())
         objects = {"base": base, "base_source": source}  # absolute: the saved policy loads from any folder
+    elif policy:
+        from policies import load_policy
+
+        objects = {"policy": load_policy(policy, device=device or "cpu"),
+                   "policy_source": str(Path(policy).expanduser().resolve())}
     learner = make_learner(name, learner_space(obs_space, inputs), action_space, objects, **kw)
     if offline is not None and len(offline):
         learner.prepare_offline(offline)

@@ -19,6 +19,12 @@ pauses its updates (the env keeps running); the skipped updates are owed and mad
 once labels arrive, so the update-to-data ratio still holds over the run. An episode
 whose labeling failed stays unlabeled (never sampled) and is counted, never zero-filled.
 
+Mixing with the env's reward (``env_weight`` w, ``reward.env_weight``): a label becomes
+``scale * model reward + w * env reward``, the env's reward being the one the transition
+arrived with (e.g. the sparse success of ``env.sparse_reward=true``): a dense VLM process
+reward shaped around the task's own success signal. Labels of a model that retrains
+(RL-VLM-F) are recomputed later and so cannot be mixed: that pairing is refused.
+
 Taps: callables that see every transition before it is stored (``taps=[fn]``). The
 composition root (embodied/build.py) uses one for ``reward.oracle=true``: it tells the
 scripted stand-in VLM the simulator's true progress of each frame (``rewards/oracle.py``),
@@ -43,7 +49,16 @@ log = logging.getLogger("embodied")
 class RewardLabeler:
     def __init__(self, replay, model: RewardModel | None = None, camera: str | None = None,
                  chunk: int = 256, max_pending: int = 8, workers: int = 2, scale: float = 1.0,
-                 feedback_every: int = 0, feedback_queries: int = 0, taps: list | None = None):
+                 feedback_every: int = 0, feedback_queries: int = 0, taps: list | None = None,
+                 env_weight: float = 0.0):
+        if env_weight and model is None:
+            raise ValueError("reward.env_weight mixes a reward model's labels with the env reward; reward=env has no "
+                             "model to mix with")
+        if env_weight and isinstance(model, TrainableReward):
+            raise ValueError("reward.env_weight cannot be used with a reward model that retrains and relabels "
+                             f"({type(model).__name__}): its relabels would drop the env reward")
+        self.env_weight = float(env_weight)
+        self._env_rewards: dict[int, float] = {}  # slot -> the env reward it arrived with (env_weight != 0)
         self.replay = replay
         self.model = model
         self.camera = camera
@@ -81,6 +96,8 @@ class RewardLabeler:
             return slot
         slot = int(self.replay.add(t, labeled=False))
         self._copies.pop(slot, None)  # the slot's previous transition is gone
+        if self.env_weight:
+            self._env_rewards[slot] = float(t.reward)
         if copy_to is not None:
             self._copies[slot] = (copy_to, int(copy_to.add(t, labeled=False)), t.episode_id)
         self._steps += 1
@@ -112,11 +129,19 @@ class RewardLabeler:
             idx = np.flatnonzero(instr == text)
             frames = np.stack([self._pending_frames[j] for j in idx])
             rewards[idx] = self.model.score_frames(frames, str(text))
-        self.replay.set_rewards(slots, rewards * self.scale)
-        self._label_copies(slots, rewards * self.scale)
+        rewards = self._mixed(slots, rewards * self.scale)
+        self.replay.set_rewards(slots, rewards)
+        self._label_copies(slots, rewards)
         self._pending_slots.clear()
         self._pending_instr.clear()
         self._pending_frames.clear()
+
+    def _mixed(self, slots, rewards: np.ndarray) -> np.ndarray:
+        """``rewards + env_weight * env reward`` of each slot (unchanged without env_weight)."""
+        if not self.env_weight:
+            return rewards
+        env = np.array([self._env_rewards.pop(int(s), 0.0) for s in np.asarray(slots).tolist()], np.float32)
+        return (rewards + self.env_weight * env).astype(np.float32)
 
     def maybe_feedback(self, env_step: int) -> dict[str, float]:
         """PEBBLE-style schedule for trainable models: a feedback round every N env steps.
@@ -179,7 +204,7 @@ class RewardLabeler:
                 labels = EpisodeLabels.failed(len(slots), f"{type(exc).__name__}: {exc}")
             if labels.ok and len(labels.rewards) == len(slots):
                 # episode_id: a slot overwritten by a newer episode meanwhile is skipped
-                rewards = np.asarray(labels.rewards, np.float32) * self.scale
+                rewards = self._mixed(slots, np.asarray(labels.rewards, np.float32) * self.scale)
                 self.replay.set_rewards(np.asarray(slots), rewards, episode_id=eid)
                 self._label_copies(slots, rewards, eid)
                 self.stats["labeled_episodes"] += 1

@@ -76,10 +76,10 @@ class Trainer:
         replays = build_replays(cfg.train, obs_space, act_space, cfg.seed, dataset=cfg.train.get("dataset"),
                                 capacity=2 if self.env_free else cfg.train.replay_capacity,  # env=none: no online data
                                 bounds=self.action_bounds, keys=self.keys,
-                                rewards=cfg.learner.name != "bc")  # BC reads actions only
+                                rewards=cfg.learner.name not in ("bc", "vla"))  # BC reads actions only
         self.online, self.offline, self.replay = replays.online, replays.offline, replays.sampled
         self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline,
-                                     base_policy=cfg.get("base_policy"))
+                                     base_policy=cfg.get("base_policy"), policy=cfg.get("policy"))
         self.sample_rows = self.learner.rows_per_update
         self.collector = None  # on-policy learners: the rollout being collected
         if self.learner.on_policy and self.venv is not None:
@@ -93,6 +93,7 @@ class Trainer:
             from embodied.datasets import DatasetRecorder
 
             self.recorder = DatasetRecorder(cfg.train.record_dataset, fps=int(cfg.train.get("record_fps", 10)))
+        self.curriculum = self._make_curriculum()
         self.driver = self._make_driver(0)
         self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
         self._recent: list[dict[str, Any]] = []
@@ -100,6 +101,21 @@ class Trainer:
         self.executor: ChunkExecutor | None = None
         self._warmup: ChunkExecutor | None = None  # a learner's own warm-up policy (residual: base + noise)
         self._windows = None  # offline windows for learners that train on action chunks (BC)
+
+    def _make_curriculum(self):
+        """``train.curriculum=true``: tasks near 50 % success are sampled most (embodied/curriculum.py)."""
+        if not self.cfg.train.get("curriculum"):
+            return None
+        from embodied.curriculum import TaskCurriculum
+
+        try:
+            tasks = self.venv.get_attr("TASKS")[0] if self.venv is not None else None
+        except AttributeError:
+            tasks = None
+        if not tasks:
+            raise ValueError(f"train.curriculum=true needs a multi-task env that samples its task per episode "
+                             f"(env=lang_reach); env {self.cfg.env.name} has one task")
+        return TaskCurriculum(tasks)
 
     def _check_episodic_room(self) -> None:
         """On-policy + episode rewards: the replay holds each step until its episode's labels
@@ -159,6 +175,9 @@ class Trainer:
     def _on_episode(self, summary: dict[str, Any], env_index: int) -> None:
         self.counters["episodes"] += 1
         self._recent.append(summary)
+        if self.curriculum is not None and "task_id" in summary:
+            self.curriculum.observe(summary["task_id"], summary["success"])
+            self.venv.call("set_task_probs", self.curriculum.probs())  # from the next episode of each env on
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +185,8 @@ class Trainer:
                  "labeler": self.labeler.state_dict(), "counters": dict(self.counters),
                  "next_episode": self.driver.episodes_started if self.driver else 0,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,6 +194,9 @@ class Trainer:
         self.online.load_state_dict(state["online"])
         self.labeler.load_state_dict(state["labeler"])
         self.counters.update(state["counters"])
+        if self.curriculum is not None and "curriculum" in state:
+            self.curriculum.load_state_dict(state["curriculum"])
+            self.venv.call("set_task_probs", self.curriculum.probs())
         self.driver = self._make_driver(int(state["next_episode"]))
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -235,6 +259,8 @@ class Trainer:
         w = self._windows.sample_torch(self.sample_rows, device=self.learner.device)
         first = {k: ({c: x[:, 0] for c, x in v.items()} if isinstance(v, dict) else v[:, 0])
                  for k, v in w["obs"].items() if k in ("state", "pixels")}
+        if "instruction" in w["obs"]:  # one string per window
+            first["instruction"] = w["obs"]["instruction"]
         return Batch(obs=first, action=w["action"][:, 0], reward=w["reward"][:, 0], discount=None, next_obs={},
                      extras={"action_chunk": w["action"], "chunk_mask": w["mask"]})
 
@@ -362,6 +388,8 @@ class Trainer:
             progress = [e["progress"] for e in self._recent if np.isfinite(e["progress"])]
             row["train/progress"] = float(np.mean(progress)) if progress else float("nan")
             self._recent.clear()
+        if self.curriculum is not None:
+            row.update(self.curriculum.metrics())
         row.update({"perf/env_steps_per_s": sps, "perf/updates": self.counters["updates"],
                     "reward/pending_episodes": self.labeler.pending,
                     "reward/failed_episodes": self.labeler.stats["failed_episodes"]})

@@ -28,6 +28,7 @@ class TrainSection:
     record_dataset: str | None = None
     record_fps: int = num(ge=1)
     threads: int = num(ge=1)
+    curriculum: bool = False
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainConfig:
     run_dir: str = ""
     resume: bool = False
     base_policy: str | None = None
+    policy: str | None = None
     env: EnvSection = field(default_factory=EnvSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -105,8 +107,8 @@ def check_train_config(cfg) -> None:
     check(cfg, TrainConfig)
     check_learner_config(cfg.learner)
     t = cfg.train
-    if cfg.learner.name == "bc" and (not t.dataset or t.offline_updates < 1 or t.total_steps != 0):
-        raise ValueError("learner=bc clones a dataset's actions: set train.dataset=<LeRobotDataset path>, "
+    if cfg.learner.name in ("bc", "vla") and (not t.dataset or t.offline_updates < 1 or t.total_steps != 0):
+        raise ValueError(f"learner={cfg.learner.name} clones a dataset's actions: set train.dataset=<LeRobotDataset path>, "
                          "train.offline_updates > 0 and train.total_steps=0")
     if t.offline_updates > 0 and not t.dataset:
         raise ValueError("train.offline_updates > 0 needs train.dataset=<LeRobotDataset path>")
@@ -114,6 +116,15 @@ def check_train_config(cfg) -> None:
         check_residual(cfg)
     elif cfg.get("base_policy"):
         raise ValueError(f"base_policy is read by learner=residual only; learner={cfg.learner.name} ignores it")
+    if cfg.get("policy"):
+        if cfg.learner.name != "ppo":
+            raise ValueError(f"policy= (a saved policy to fine-tune) is read by learner=ppo only; "
+                             f"learner={cfg.learner.name} ignores it")
+        from pathlib import Path
+
+        if not Path(str(cfg.policy)).expanduser().is_dir():
+            raise FileNotFoundError(f"policy={cfg.policy} does not exist: give a learner=vla run folder or a saved "
+                                    "policy folder")
     if cfg.env.name == "none":
         if not t.dataset:
             raise ValueError("env=none trains from a dataset alone: set train.dataset=<LeRobotDataset path>")

@@ -109,6 +109,12 @@ class PPOConfig:
     """Pixel features after the encoder's projection (pixel observations only)."""
     channels: int = num(32, ge=1)
     """Channels of each conv layer of the pixel encoder."""
+    critic_warmup: int = num(0, ge=0)
+    """Updates at the start that train the value only (a fine-tuned policy's fresh value head
+    learns before the policy moves; VLA-RL's critic warm-up)."""
+    temperature: float | None = num(None, gt=0)
+    """Token sampling temperature of a fine-tuned policy (``policy=``), used to sample AND to
+    score the ratio; null keeps the policy's own."""
     seed: int = 0
     """Seed of the initial weights and of the minibatch shuffling."""
     device: str = "cpu"
@@ -145,19 +151,31 @@ class PPO(Learner):
     on_policy = True
     discrete_actions = True
 
-    def __init__(self, obs_space, action_space, cfg: PPOConfig | None = None):
+    def __init__(self, obs_space, action_space, cfg: PPOConfig | None = None, policy=None, policy_source: str | None = None):
+        """``policy``: a loaded token policy to fine-tune instead of a fresh actor-critic (a
+        saved :class:`policies.vla.native.NativeVLA`; ``policy=`` on the command line)."""
         self.cfg = cfg = cfg or PPOConfig()
-        nvec = check_action_space(action_space, cfg.head)
         spaces = obs_space.spaces
-        cams = {c: tuple(s.shape) for c, s in spaces["pixels"].spaces.items()} if "pixels" in spaces else {}
-        state_dim = int(spaces["state"].shape[0]) if "state" in spaces else 0
         self.device = torch.device(cfg.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # minibatch shuffling
-        with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, caller's RNG untouched
-            torch.manual_seed(cfg.seed)
-            self.net = PPOPolicy(int(action_space.shape[0]), state_dim, cams, cfg.hidden, cfg.head, cfg.bins,
-                                 cfg.state_dependent_std, cfg.init_log_std, cfg.normalize_obs, cfg.clip_obs,
-                                 cfg.feature_dim, cfg.channels, nvec=nvec).to(self.device)
+        self.policy_source = policy_source
+        if policy is not None:
+            self.net = check_finetune_policy(policy, obs_space, action_space, cfg).to(self.device)
+            if cfg.temperature is not None:
+                self.net.temperature = float(cfg.temperature)
+        else:
+            if cfg.temperature is not None:
+                raise ValueError("learner.temperature applies to a fine-tuned token policy (policy=<saved VLA>); "
+                                 "PPO's own actor samples at temperature 1")
+            nvec = check_action_space(action_space, cfg.head)
+            cams = {c: tuple(s.shape) for c, s in spaces["pixels"].spaces.items()} if "pixels" in spaces else {}
+            state_dim = int(spaces["state"].shape[0]) if "state" in spaces else 0
+            with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, caller's RNG untouched
+                torch.manual_seed(cfg.seed)
+                self.net = PPOPolicy(int(action_space.shape[0]), state_dim, cams, cfg.hidden, cfg.head, cfg.bins,
+                                     cfg.state_dependent_std, cfg.init_log_std, cfg.normalize_obs, cfg.clip_obs,
+                                     cfg.feature_dim, cfg.channels, nvec=nvec).to(self.device)
+        self.reads_instruction = hasattr(self.net, "instruction_ids")
         self.opt = FlatAdam(self.net.parameters(), lr=cfg.lr, eps=1e-5, max_grad_norm=cfg.max_grad_norm)
         self.return_stats = np.array([0.0, 1.0, 1e-4])  # running mean, var, count of the discounted return
         self.returns = np.zeros(cfg.num_envs)  # discounted return of each env's running episode
@@ -206,7 +224,13 @@ class PPO(Learner):
             reward = self.scale_rewards(reward, d["terminated"] | d["truncated"], mask if ragged else None)
         adv, ret = gae(reward, d["value"], d["terminated"], d["truncated"], d["final_value"],
                        np.asarray(last_value, np.float32), cfg.gamma, cfg.gae_lambda, lengths=rollout.length)
-        flat = {"obs": {k: v for k, v in d["obs"].items() if k in ("state", "pixels")}, "action": d["action"],
+        obs = {k: v for k, v in d["obs"].items() if k in ("state", "pixels")}
+        if self.reads_instruction:  # strings -> ids into the policy's table of instructions, (rows, N)
+            texts = [row if row is not None else [None] * cfg.num_envs for row in d["obs"]["instruction"]]
+            unique = sorted({s for row in texts for s in row if s is not None})
+            ids = dict(zip(unique, self.net.instruction_ids(unique).tolist()))
+            obs["instruction"] = np.array([[ids.get(s, 0) for s in row] for row in texts], np.int64)
+        flat = {"obs": obs, "action": d["action"],
                 "reward": reward, "extras": {**d["extras"], "log_prob": d["log_prob"], "value": d["value"],
                                              "advantage": adv, "return": ret}}
         metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
@@ -229,7 +253,11 @@ class PPO(Learner):
             sample = ex["tokens"] if "tokens" in ex else self.net.tokens_of(batch.action.to(self.device))
         else:
             sample = ex["raw_action"] if "raw_action" in ex else batch.action
-        obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in ("state", "pixels")}
+        keys = ("state", "pixels", "instruction") if self.reads_instruction else ("state", "pixels")
+        obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in keys}
+        if self.reads_instruction and not isinstance(obs.get("instruction"), torch.Tensor):
+            raise ValueError("PPO over a VLA trains on instruction ids (update_rollout builds them); "
+                             "the batch has no obs['instruction'] tensor")
         rows = {"obs": obs, "sample": sample.to(self.device)}
         rows.update({k: ex[k].to(self.device).float() for k in ROLLOUT_KEYS})
         return rows
@@ -264,7 +292,8 @@ class PPO(Learner):
         net = self.net
         encoder = [net.encoder] if net.encoder.cameras else []
         log_std = [net.log_std] if net.log_std is not None else []
-        return {"loss/policy": [net.actor, *log_std, *encoder], "loss/value": [net.critic, *encoder],
+        value_encoder = [] if getattr(net, "value_reads_detached", False) else encoder
+        return {"loss/policy": [net.actor, *log_std, *encoder], "loss/value": [net.critic, *value_encoder],
                 "loss/entropy": log_std or [net.actor, *encoder]}
 
     # ------------------------------------------------------------------ update
@@ -287,25 +316,28 @@ class PPO(Learner):
         # equal minibatches of a whole rollout; a ragged one (episode labels still out) near-equal
         bounds = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
         history, last, epochs = [], [], 0
+        warming = self.updates < cfg.critic_warmup
         for epochs in range(1, cfg.update_epochs + 1):
             order = torch.randperm(n, generator=self.gen).to(self.device)
             shuffled = tree_map(lambda x: x[order], rows)  # one gather per epoch; minibatches are slices
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 end_of_epoch = stop == n
                 terms, info = self._terms(tree_map(lambda x: x[start:stop], shuffled), diagnostics=end_of_epoch)
-                loss = terms["loss/policy"] + cfg.vf_coef * terms["loss/value"] + cfg.ent_coef * terms["loss/entropy"]
+                loss = cfg.vf_coef * terms["loss/value"]
+                if not warming:  # critic warm-up: the value alone trains
+                    loss = loss + terms["loss/policy"] + cfg.ent_coef * terms["loss/entropy"]
                 grad_norm = self.opt.step(loss)  # zero, backward, clip to max_grad_norm, Adam
                 history.append(torch.stack([*terms.values(), grad_norm]).detach())
             last.append(torch.stack(list(info.values())))
             if cfg.target_kl is not None and float(info["approx_kl"]) > cfg.target_kl:
                 break
         self.updates += 1
-        if cfg.normalize_obs and "state" in rows["obs"]:
-            self.net.obs_rms.update(rows["obs"]["state"])
+        if cfg.normalize_obs and "state" in rows["obs"] and hasattr(self.net, "obs_rms"):
+            self.net.obs_rms.update(rows["obs"]["state"])  # a fine-tuned policy keeps its stored statistics
         out = dict(zip([*terms, "grad_norm"], torch.stack(history).mean(0).tolist()))
         out.update(zip(info, torch.stack(last).mean(0).tolist()))  # at the end of each epoch
         ret, value = rows["return"], rows["value"]
-        out.update({"lr": lr, "epochs": float(epochs),
+        out.update({"lr": lr, "epochs": float(epochs), "critic_warmup": float(warming),
                     "explained_variance": float(1 - (ret - value).var() / ret.var()) if ret.var() > 0 else float("nan")})
         if self.net.log_std is not None:
             out["std"] = float(self.net.log_std.detach().exp().mean())
@@ -327,6 +359,28 @@ class PPO(Learner):
         self.return_stats = np.asarray(state["return_stats"], np.float64).copy()
         self.returns = np.asarray(state["returns"], np.float64).copy()
         self.updates = int(state["updates"])
+
+
+def check_finetune_policy(policy, obs_space, action_space, cfg: PPOConfig):
+    """A loaded policy PPO can fine-tune: a token policy (categorical head, a value head), one
+    action per step, fitting the env; one-line errors otherwise."""
+    from policies.base import check_base
+
+    missing = [m for m in ("features", "dist_params", "log_prob", "value_of", "tokens_of") if not hasattr(policy, m)]
+    if missing or getattr(policy, "head", None) != "categorical":
+        raise ValueError(f"policy={getattr(policy, 'kind', type(policy).__name__)} cannot be fine-tuned by PPO: it is "
+                         "not a token policy with a value head (a saved native VLA is)")
+    if int(getattr(policy, "chunk_size", 1)) != 1:
+        raise ValueError(f"PPO fine-tunes one action per step, but the policy predicts chunks of "
+                         f"{policy.chunk_size}: behaviour-clone it with learner.chunk=1")
+    if cfg.head != "categorical":
+        raise ValueError("a fine-tuned token policy needs learner.head=categorical")
+    check_action_space(action_space, "categorical")
+    check_base(policy, obs_space, action_space, "policy")
+    if hasattr(policy, "requires_grad_"):
+        policy.requires_grad_(True)
+    policy.train()
+    return policy
 
 
 def check_action_space(space, head: str) -> list[int] | None:
