@@ -11,11 +11,17 @@ Per task and seed ``s``:
 4. ``learner=sac`` from scratch with the same demos (``offline_ratio=0.5``) and the same
    critic ensemble, update ratio and budget (``+experiment=rlpd_<task>``).
 
+``push_act`` replaces the BC base by a LeRobot ACT that ``lerobot-train`` fits once (seed 0)
+on pixel demonstrations (front camera 64 px + proprio; ``ACT_FLAGS``). Its "base" row is the
+residual learner at step 0 (a zero-initialised residual plays the base exactly, tested), so
+the base and the residual are scored on the same eval episodes of each seed. It has no SAC
+row: SAC on push from state with the same demos is the ``push`` task's.
+
 Every policy is evaluated on the same ``episodes`` episodes (fixed eval seeds). Each finished
 run is appended to ``benchmarks/results/residual_runs.jsonl`` (a rerun skips it), and the
 table is rewritten after each: ``benchmarks/results/residual_demos.md``.
 
-    python -m benchmarks.residual_demos --tasks push lift --seeds 3 --jobs 2
+    python -m benchmarks.residual_demos --tasks push lift push_act --seeds 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -40,12 +46,27 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), "WANDB_MODE": "disabled",
        "OMP_NUM_THREADS": "1"}
 
+PIXELS = ["env.pixels=true", "env.cameras=[front]", "env.image_size=64"]
 TASKS = {
     "push": {"env": "push", "flags": [], "demo_steps": 6000, "bc_updates": 3000, "label": "push (built-in, state)"},
+    # The base is a LeRobot ACT (front camera + proprio) trained once by lerobot-train on the
+    # demos, seed 0; each seed's "base" row is that ACT under the seed's eval episodes.
+    "push_act": {"env": "push", "flags": PIXELS, "demo_steps": 6000, "experiment": "push", "base": "act",
+                 "label": "push (built-in), LeRobot ACT base (camera + proprio), residual from state"},
     "lift": {"env": "robosuite_lift", "flags": ["env.pixels=false", "env.cameras=null", "env.max_episode_steps=150"], "demo_steps": 6000,
              "bc_updates": 3000, "label": "robosuite Lift (Panda, state)"},
 }
 SPARSE = ["env.sparse_reward=true", "env.terminate_on_success=true"]
+# LeRobot's ACT at a size that trains on one CPU core in about 45 min (dim 256, 2+2 encoder layers,
+# ResNet-18 from scratch, lr 1e-4 instead of 1e-5 for the short run); the README gives the
+# full-size command. One queue per env through the chunk executor: chunks of 20, 10 executed.
+ACT_STEPS = 4000
+ACT_FLAGS = ["--policy.type=act", "--policy.device=cpu", "--policy.push_to_hub=false",
+             "--policy.pretrained_backbone_weights=null", "--policy.chunk_size=20", "--policy.n_action_steps=10",
+             "--policy.dim_model=256", "--policy.dim_feedforward=1024", "--policy.n_encoder_layers=2",
+             "--policy.n_vae_encoder_layers=2", "--policy.optimizer_lr=1e-4", "--policy.optimizer_lr_backbone=1e-4",
+             "--batch_size=32", f"--steps={ACT_STEPS}", "--save_freq=2000", "--log_freq=200", "--seed=0",
+             "--num_workers=0", "--wandb.enable=false"]
 
 
 def _run(cmd: list[str], log: Path) -> dict:
@@ -78,19 +99,40 @@ def demos(task: str, root: Path) -> Path:
     return out / "scripted"
 
 
+def act_base(task: str, root: Path, data: Path) -> Path:
+    """LeRobot's own trainer on the demos, once per task (reused when its checkpoint exists)."""
+    out = root / f"{task}_base"
+    model = out / "checkpoints" / "last" / "pretrained_model"
+    if not (model / "model.safetensors").exists():
+        log = root / f"{task}_base.log"
+        with open(log, "w") as f:
+            proc = subprocess.run([str(BIN / "lerobot-train"), f"--dataset.repo_id=local/{task}", f"--dataset.root={data}",
+                                   f"--output_dir={out}", *ACT_FLAGS], stdout=f, stderr=subprocess.STDOUT,
+                                  env={**ENV, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"lerobot-train failed ({proc.returncode}); see {log}")
+    return model
+
+
 def one(task: str, seed: int, method: str, root: Path, steps: int, episodes: int, data: Path) -> dict:
     spec = TASKS[task]
     flags = [*spec["flags"], *SPARSE, f"seed={seed}", f"eval.episodes={episodes}", "eval.video_episodes=0",
              "wandb.mode=disabled", "train.threads=1", f"train.dataset={data}"]
-    base = root / f"{task}_bc_s{seed}"
-    if method == "bc":
+    experiment = spec.get("experiment", task)
+    if spec.get("base") == "act":  # the base row: the residual at step 0 plays the ACT exactly (zero init)
+        base = root / f"{task}_base" / "checkpoints" / "last" / "pretrained_model"
+        cmd = [f"+experiment=residual_{experiment}", f"base_policy={base}",
+               f"train.total_steps={0 if method == 'bc' else steps}", f"eval.every={max(steps, 1)}",
+               f"run_dir={root / f'{task}_{method}_s{seed}'}"]
+    elif method == "bc":
+        base = root / f"{task}_bc_s{seed}"
         cmd = [f"env={spec['env']}", "learner=bc", f"train.offline_updates={spec['bc_updates']}", "train.total_steps=0",
                f"checkpoint.every={spec['bc_updates']}", f"run_dir={base}"]
     elif method == "residual":
-        cmd = [f"+experiment=residual_{task}", f"base_policy={base}", f"train.total_steps={steps}",
-               f"eval.every={steps}", f"run_dir={root / f'{task}_residual_s{seed}'}"]
+        cmd = [f"+experiment=residual_{experiment}", f"base_policy={root / f'{task}_bc_s{seed}'}",
+               f"train.total_steps={steps}", f"eval.every={steps}", f"run_dir={root / f'{task}_residual_s{seed}'}"]
     else:
-        cmd = [f"+experiment=rlpd_{task}", f"train.total_steps={steps}", f"eval.every={steps}",
+        cmd = [f"+experiment=rlpd_{experiment}", f"train.total_steps={steps}", f"eval.every={steps}",
                f"run_dir={root / f'{task}_sac_s{seed}'}"]
     result = _run([str(BIN / "embodied-train"), *flags, *cmd], root / f"{task}_{method}_s{seed}.log")
     row = {"task": task, "method": method, "seed": seed, "steps": 0 if method == "bc" else steps,
@@ -110,6 +152,7 @@ def write_table() -> str:
              "| task | method | env steps | eval episodes | seeds | success per seed | IQM | 95 % CI |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"bc": "BC base (frozen)", "residual": "residual RL over it", "sac": "SAC from scratch + same demos"}
+    act_names = {**names, "bc": "LeRobot ACT base (frozen)"}
     for task in TASKS:
         for method in ("bc", "residual", "sac"):
             got = [r for r in rows if r["task"] == task and r["method"] == method]
@@ -117,7 +160,8 @@ def write_table() -> str:
                 continue
             scores = np.array([r["success"] for r in sorted(got, key=lambda r: r["seed"])])
             point, lo, hi = iqm_ci(scores) if len(scores) >= 2 else (float(scores[0]), float("nan"), float("nan"))
-            lines.append(f"| {TASKS[task]['label']} | {names[method]} | {got[0]['steps']} | {got[0]['episodes']} | {len(got)} | "
+            label = (act_names if TASKS[task].get("base") == "act" else names)[method]
+            lines.append(f"| {TASKS[task]['label']} | {label} | {got[0]['steps']} | {got[0]['episodes']} | {len(got)} | "
                          f"{', '.join(f'{s:.2f}' for s in scores)} | {point:.2f} | [{lo:.2f}, {hi:.2f}] |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "residual_demos.md").write_text(text)
@@ -139,10 +183,13 @@ def main(argv=None) -> None:
     have = {(r["task"], r["method"], r["seed"]) for r in _done()}
     for task in args.tasks:
         data = demos(task, root)
+        methods = ("residual",) if TASKS[task].get("base") == "act" else ("residual", "sac")
+        if TASKS[task].get("base") == "act":
+            act_base(task, root, data)
         with ThreadPoolExecutor(args.jobs) as pool:  # the BC bases first: the residual runs need them
             list(pool.map(lambda s: one(task, s, "bc", root, args.steps, args.episodes, data),
                           [s for s in range(args.seeds) if (task, "bc", s) not in have]))
-            todo = [(s, m) for s in range(args.seeds) for m in ("residual", "sac") if (task, m, s) not in have]
+            todo = [(s, m) for s in range(args.seeds) for m in methods if (task, m, s) not in have]
             list(pool.map(lambda sm: one(task, sm[0], sm[1], root, args.steps, args.episodes, data), todo))
     print(write_table())
 

@@ -253,3 +253,10 @@ def test_a_vlm_reward_is_mixed_with_the_env_reward_at_the_configured_weight():
     np.testing.assert_allclose(replay.reward[:2], [0.5, 2.5])
     with pytest.raises(ValueError, match="reward=env has no model"):
         RewardLabeler(replay, None, env_weight=1.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"pixels": True, "cameras": ["top"], "image_size": 64, "proprio_only": True}])
+def test_lang_reach_passes_the_env_contract(kw):
+    from envs import check_env, make_env
+
+    check_env(make_env("lang_reach", **kw))
