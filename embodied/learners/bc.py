@@ -61,6 +61,8 @@ class BCConfig:
 
 
 class BC(Learner):
+    name = "bc"
+
     def __init__(self, obs_space, action_space, cfg: BCConfig | None = None):
         import gymnasium as gym
 
@@ -103,7 +105,7 @@ class BC(Learner):
         ex = batch.extras or {}
         if self.cfg.chunk > 1:
             if "action_chunk" not in ex:
-                raise ValueError(f"learner=bc with chunk={self.cfg.chunk} trains on windows: batch.extras lacks "
+                raise ValueError(f"learner={self.name} with chunk={self.cfg.chunk} trains on windows: batch.extras lacks "
                                  "'action_chunk' (the training loop draws them with SequenceSampler)")
             chunk, mask = ex["action_chunk"], ex.get("chunk_mask")
             if chunk.shape[1] != self.cfg.chunk:

@@ -20,13 +20,13 @@ accept is a one-line error then, before any update. The value head is not traine
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from embodied.checkpoint import optimizer_state
-from embodied.contracts import Batch, Learner
+from embodied.contracts import Batch
+from embodied.learners.bc import BC
 from embodied.learners.nets import tree_map
 from embodied.schema import num
 from policies.encoders import RandomShift
@@ -75,7 +75,11 @@ class VLAConfig:
     """Torch device of the network and of the update."""
 
 
-class VLABC(Learner):
+class VLABC(BC):
+    """BC's update, windows and checkpoint; the network, its normalisation and the token loss differ."""
+
+    name = "vla"
+
     def __init__(self, obs_space, action_space, cfg: VLAConfig | None = None):
         import gymnasium as gym
 
@@ -100,35 +104,17 @@ class VLABC(Learner):
         self.opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.shift = RandomShift(cfg.shift_pad)
         self.updates = 0
-
-    @property
-    def rows_per_update(self) -> int:
-        return self.cfg.batch_size
-
-    @property
-    def window(self) -> int | None:
-        return self.cfg.chunk if self.cfg.chunk > 1 else None
+        self.fitted = False
 
     def prepare_offline(self, replay) -> None:
         """Normalisation from every demonstration step; every instruction checked against the encoder."""
         n = len(replay)
         state = replay.obs["state"][:n] if "state" in replay.obs else None
         self.net.set_normalization(state, replay.action[:n], self.cfg.action_quantiles)
+        self.fitted = True
         vocab = getattr(replay, "vocab", None)
         if vocab:
             self.net.check_instructions([str(t) for t in vocab])
-
-    def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ex = batch.extras or {}
-        if self.cfg.chunk > 1:
-            if "action_chunk" not in ex:
-                raise ValueError(f"learner=vla with chunk={self.cfg.chunk} trains on windows: batch.extras lacks "
-                                 "'action_chunk' (the training loop draws them with SequenceSampler)")
-            chunk, mask = ex["action_chunk"], ex.get("chunk_mask")
-        else:
-            chunk, mask = batch.action[:, None], None
-        mask = torch.ones(chunk.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
-        return chunk.to(self.device).float(), mask.to(self.device)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         obs = {k: tree_map(lambda x: x.to(self.device), v) for k, v in batch.obs.items() if k in ("state", "pixels")}
@@ -143,24 +129,3 @@ class VLABC(Learner):
 
     def loss_owners(self) -> dict[str, list]:
         return {"loss/bc": [self.net.encoder, self.net.actor]}
-
-    def update(self, batch: Batch) -> dict[str, float]:
-        loss = self.losses(batch)["loss/bc"]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.max_grad_norm)
-        self.opt.step()
-        self.updates += 1
-        return {"loss/bc": float(loss.detach()), "grad_norm": float(grad_norm)}
-
-    def policy(self) -> NativeVLA:
-        return self.net
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
-                "net": self.net.state_dict(), "opt": self.opt.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(optimizer_state(state["opt"]))
-        self.updates = int(state["updates"])
