@@ -96,7 +96,7 @@ def test_vector_autoreset_same_step_keeps_final_obs():
 
 
 def test_unknown_env_name_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown env 'rech'.*reach, push, gym/<gymnasium id>"):
+    with pytest.raises(ValueError, match=r"unknown env 'rech'; known envs: reach, push, lang_reach.*gym/<gymnasium id>"):
         make_env("rech")
     with pytest.raises(ValueError, match="unknown env"):
         make_vec_env("nope", 2)
