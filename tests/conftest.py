@@ -9,3 +9,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+from embodied.datasets.record import keep_scheduling  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _normal_cpu_scheduling():
+    """A test that writes a dataset with LeRobot's API directly (SVT-AV1 video) must not leave
+    its xdist worker at real-time priority for the tests after it (see keep_scheduling)."""
+    with keep_scheduling():
+        yield

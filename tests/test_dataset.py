@@ -134,3 +134,14 @@ def test_sac_stages_medium_replay_and_policy_cache(tmp_path):
     assert len(stamp) == 2
     generate(GenerateConfig(env="reach", kinds=("expert",), steps=50, seed=0, sac=sac), tmp_path)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("state.pt")} == stamp  # reused, not retrained
+
+
+def test_writing_videos_leaves_the_cpu_scheduling_as_it_was(tmp_path):
+    """SVT-AV1 makes the encoding thread SCHED_FIFO 99 when run as root; the recorder restores it."""
+    import os
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    with DatasetRecorder(tmp_path / "ds", fps=10) as rec:
+        rec.add_episode(make_episode(0, T=4))
+        assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

@@ -30,6 +30,8 @@ Labels written later by ``embodied-label`` go to ``next.reward`` / ``progress`` 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,6 +40,29 @@ import numpy as np
 from embodied.contracts import Obs, Transition
 
 from embodied.datasets.keys import DEFAULT_KEYS, IMAGE_PREFIX, STATE_KEY, DatasetKeys  # noqa: F401 - re-exported
+
+
+@contextlib.contextmanager
+def keep_scheduling():
+    """Undo what video encoding does to the calling thread's CPU scheduling.
+
+    LeRobot encodes episode videos with SVT-AV1, which switches the calling thread to
+    real-time ``SCHED_FIFO`` priority 99 when the process runs as root (measured here:
+    ``os.sched_getscheduler(0)`` goes from 0 to 1 after one encode). Everything that thread
+    does next, and every process it starts, then preempts all ordinary work: a recorder in
+    the robot loop or a training run started after a dataset was written can starve the
+    rest of the machine (on the 2-core CI machine it stalled parallel tests for minutes).
+    The thread's policy and priority are restored on exit."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):  # no POSIX scheduling API on this platform
+        yield
+        return
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
 GT_COLUMNS = ("gt.reward", "gt.success", "gt.progress")
 
 
@@ -114,7 +139,8 @@ class DatasetRecorder:
     def _write(self, steps: list[Transition]) -> None:
         for t in steps:
             self._add_frame(t)
-        self.dataset.save_episode()
+        with keep_scheduling():
+            self.dataset.save_episode()
         self.num_episodes += 1
 
     def _add_frame(self, t: Transition) -> None:
@@ -150,7 +176,8 @@ class DatasetRecorder:
         """Save any open episode and finalize the dataset files."""
         if self.dataset is not None:
             self.end_episode()
-            self.dataset.finalize()
+            with keep_scheduling():
+                self.dataset.finalize()
         return self.root
 
     def __enter__(self) -> "DatasetRecorder":
