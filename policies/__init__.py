@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "bc": "policies.bc:BCPolicy",
     "residual": "policies.residual:ResidualPolicy",
     "native_vla": "policies.vla.native:NativeVLA",
+    "autoregressive_vla": "policies.vla.autoregressive:AutoregressiveVLA",
 }
 
 

@@ -290,7 +290,8 @@ class PPO(Learner):
         """Policy: actor (+ log-std) (+ the shared encoder); value: critic (+ encoder);
         entropy: the log-std, or the actor (+ encoder) when the std or logits come from it."""
         net = self.net
-        encoder = [net.encoder] if net.encoder.cameras else []
+        enc = getattr(net, "encoder", None)  # an autoregressive VLA has none: its LM is the actor
+        encoder = [enc] if enc is not None and getattr(enc, "cameras", None) else []
         log_std = [net.log_std] if net.log_std is not None else []
         value_encoder = [] if getattr(net, "value_reads_detached", False) else encoder
         return {"loss/policy": [net.actor, *log_std, *encoder], "loss/value": [net.critic, *value_encoder],

@@ -11,9 +11,15 @@ One interface, what every VLA here implements (besides :class:`embodied.Policy`)
   :mod:`policies.ppo`), with the sampling temperature inside ``dist_params``;
 - ``spec()`` (JSON) + ``state_dict()`` rebuild it, its normalisation included.
 
-Implementations: :class:`policies.vla.native.NativeVLA` (kind ``native_vla``), the small
-VLA that trains on a CPU (``learner=vla`` behaviour-clones it, ``learner=ppo_vla``
-fine-tunes it).
+Implementations:
+
+- :class:`policies.vla.native.NativeVLA` (kind ``native_vla``), the small VLA that trains
+  on a CPU (``learner=vla`` behaviour-clones it, ``+experiment=ppo_vla policy=<it>``
+  fine-tunes it with PPO);
+- :class:`policies.vla.autoregressive.AutoregressiveVLA` (kind ``autoregressive_vla``),
+  OpenVLA-style token VLAs over any transformers causal / image-text-to-text model;
+- LeRobot's SmolVLA / pi0 through :class:`policies.lerobot_policy.LeRobotPolicy`, with
+  flow-SDE log-probabilities in :mod:`policies.vla.flow_sde`.
 """
 
 from policies.vla.tokenizer import ActionTokenizer
