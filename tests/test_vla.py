@@ -260,3 +260,23 @@ def test_lang_reach_passes_the_env_contract(kw):
     from envs import check_env, make_env
 
     check_env(make_env("lang_reach", **kw))
+
+
+def test_smoothed_token_targets_peak_at_the_demonstrated_value_and_sigma_zero_is_one_hot():
+    net = tiny(bins=11)  # centres -1, -0.8, ..., 1: spacing 0.2
+    action = torch.tensor([[0.41, -1.0]])
+    hard = net.token_targets(action, 0.0)
+    assert torch.equal(hard.argmax(-1), torch.tensor([[7, 0]])) and torch.equal(hard.sum(-1), torch.ones(1, 2))
+    soft = net.token_targets(action, 1.0)
+    assert torch.allclose(soft.sum(-1), torch.ones(1, 2)) and torch.equal(soft.argmax(-1), hard.argmax(-1))
+    assert soft[0, 0, 6] > soft[0, 0, 5] > soft[0, 0, 4] > 0  # neighbours share the credit, fading with distance
+    assert soft[0, 0, 8] > soft[0, 0, 6]  # 0.41 is nearer 0.6 than 0.2
+    o = net.numpy_to_tensors(obs(4))
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(20):  # fitting the soft targets puts mass on the neighbours of 0 too
+        opt.zero_grad()
+        net.bc_loss(o, torch.zeros(4, 1, 2), sigma=1.0).backward()
+        opt.step()
+    with torch.no_grad():
+        p = net.dist_params(net.features(o))[0].exp()[:, 0]
+    assert p.argmax(-1).eq(5).all() and (p[:, 4] > 0.1).all() and (p[:, 6] > 0.1).all()

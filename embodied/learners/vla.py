@@ -57,6 +57,9 @@ class VLAConfig:
     """Value-head MLP sizes (on detached trunk features; trained by PPO, not here)."""
     temperature: float = num(1.0, gt=0)
     """Sampling temperature the saved policy acts with (and PPO scores with)."""
+    token_sigma: float = num(0.0, ge=0)
+    """Target of the token loss: 0 the nearest token (OpenVLA's cross-entropy); > 0 a Gaussian of this many
+    bin widths around the demonstrated value, so neighbouring tokens share the credit."""
     action_quantiles: tuple[float, float] | None = (0.01, 0.99)
     """Percentiles of the demonstrated actions mapped onto the token range (null: the contract's [-1, 1])."""
     lr: float = num(3e-4, gt=0)
@@ -125,7 +128,7 @@ class VLABC(BC):
         if self.net.training and self.cfg.shift_pad:
             obs["pixels"] = {c: self.shift(x) for c, x in obs["pixels"].items()}
         target, mask = self._targets(batch)
-        return {"loss/bc": self.net.bc_loss(obs, target, mask)}
+        return {"loss/bc": self.net.bc_loss(obs, target, mask, self.cfg.token_sigma)}
 
     def loss_owners(self) -> dict[str, list]:
         return {"loss/bc": [self.net.encoder, self.net.actor]}

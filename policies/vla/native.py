@@ -265,17 +265,38 @@ class NativeVLA(nn.Module):
 
     def tokens_of(self, action: torch.Tensor) -> torch.Tensor:
         """Actions -> the nearest token (the inverse of :meth:`to_action` on the centres)."""
-        unit = 2.0 * (action.to(self.centres.device) - self.action_low) / (self.action_high - self.action_low) - 1.0
-        return self.tokenizer.encode(unit)
+        return self.tokenizer.encode(self.unit_of(action))
 
-    def bc_loss(self, obs: Mapping[str, Any], actions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def unit_of(self, action: torch.Tensor) -> torch.Tensor:
+        """Actions -> the token range [-1, 1] (through the stored ``[low, high]``), clipped."""
+        unit = 2.0 * (action.to(self.centres.device) - self.action_low) / (self.action_high - self.action_low) - 1.0
+        return unit.clamp(-1.0, 1.0)
+
+    def token_targets(self, action: torch.Tensor, sigma: float) -> torch.Tensor:
+        """(..., A) actions -> (..., A, bins) target distributions: a Gaussian of std ``sigma``
+        bin widths around the action's own value, on the centres, normalised (HL-Gauss's idea
+        applied to tokens: a near miss costs less than a far one). ``sigma = 0``: one-hot."""
+        unit = self.unit_of(action)
+        if sigma <= 0:
+            return nn.functional.one_hot(self.tokenizer.encode(unit), self.bins).float()
+        width = 2.0 / (self.bins - 1)
+        z = (self.centres - unit.unsqueeze(-1)) / (sigma * width)
+        return torch.softmax(-0.5 * z * z, -1)
+
+    def bc_loss(self, obs: Mapping[str, Any], actions: torch.Tensor, mask: torch.Tensor | None = None,
+                sigma: float = 0.0) -> torch.Tensor:
         """Cross-entropy of the demonstrated actions' tokens, (B, K, A) actions, (B, K) mask of
-        real steps; temperature 1 (the logits themselves)."""
+        real steps; temperature 1 (the logits themselves). ``sigma > 0``: against the smoothed
+        targets of :meth:`token_targets` instead of the nearest token alone."""
         logits = self.logits(self.features(obs))
         if self.chunk_size == 1:
             logits = logits.unsqueeze(1)
-        ce = nn.functional.cross_entropy(logits.flatten(0, 2), self.tokens_of(actions).flatten(), reduction="none")
-        ce = ce.view(*actions.shape).mean(-1)
+        if sigma > 0:
+            ce = -(self.token_targets(actions, sigma) * logits.log_softmax(-1)).sum(-1)
+        else:
+            ce = nn.functional.cross_entropy(logits.flatten(0, 2), self.tokens_of(actions).flatten(),
+                                             reduction="none").view(*actions.shape)
+        ce = ce.mean(-1)
         mask = torch.ones(ce.shape, device=ce.device) if mask is None else mask.float().to(ce.device)
         return (ce * mask).sum() / mask.sum().clamp(min=1.0)
 
