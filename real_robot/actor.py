@@ -1,7 +1,8 @@
 """The actor: a fixed-rate control loop next to the robot.
 
-Each tick: act (the human's action while intervening, else the newest policy the link
-holds, else uniform random until the first weights), pass the action through the
+Each tick: act (the human's action while intervening, else a remote policy server's
+chunk when one is set, else the newest policy the link holds, else uniform random until
+the first weights), pass the action through the
 safety limits, feed the watchdog, step the robot, poll the human for keys about the
 step just taken (success / failure end the episode with a sparse label, e-stop holds
 the robot and stops), and hand finished batches of transitions to the link. The loop
@@ -9,6 +10,11 @@ never waits on the network: with the learner gone it keeps acting with the last
 weights and the link spools; only a learner that rejects this actor's key stops the
 loop (the robot is held, the last batch spooled). Tick jitter (actual start -
 scheduled start) and policy latency are measured every tick and reported (p50 / p99, ms).
+
+Remote policy (``remote=``, :class:`real_robot.remote_policy.RemotePolicy`): asked every
+tick for the action of the current episode step, never waited on. A tick it has no action
+for sends nothing and takes no step (counted as ``policy_stalls``; the human is still
+polled, e-stop included): the watchdog, not fed, holds the robot after its deadline.
 
 Human-in-the-loop modes (the graded protocol of the VLAC paper; demo replay is on the
 learner side, ``demos=<dataset>``):
@@ -63,7 +69,7 @@ class LoopConfig:
 class Actor:
     def __init__(self, env, link=None, human=None, limits: ActionLimits | None = None,
                  watchdog: Watchdog | None = None, cfg: LoopConfig | None = None, policy: Any = None,
-                 base: Any = None):
+                 base: Any = None, remote: Any = None):
         self.cfg = cfg or LoopConfig()
         if self.cfg.mode not in MODES:
             raise ValueError(f"actor mode {self.cfg.mode!r} unknown; one of {MODES}")
@@ -75,6 +81,7 @@ class Actor:
         self.limits = limits or ActionLimits()
         self.watchdog = watchdog
         self.fixed_policy = policy
+        self.remote = remote  # a policy server's chunks, played step-aligned (real_robot.remote_policy)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.stop_event = threading.Event()
         self.archive: list[dict] = []  # return_explore: states from successful episodes
@@ -83,7 +90,8 @@ class Actor:
         self.jitter_ms: list[float] = []
         self.latency_ms: list[float] = []
         self.counts = {"steps": 0, "episodes": 0, "successes": 0, "interventions": 0, "overruns": 0,
-                       "estops": 0, "returns": 0, "transitions_submitted": 0}
+                       "estops": 0, "returns": 0, "transitions_submitted": 0, "policy_stalls": 0,
+                       "ticks_skipped": 0}
         self._last_stats = 0.0
         self.episode_offset = 0
         self.executor: ChunkExecutor | None = None  # plays the policy's action chunks
@@ -96,8 +104,14 @@ class Actor:
     def _policy(self):
         return self.fixed_policy if self.fixed_policy is not None else getattr(self.link, "policy", None)
 
-    def _act(self, obs: dict, deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(action, extras of the transition). Residual mode: extras hold ``base_action``."""
+    def _act(self, obs: dict, deterministic: bool, step: int = 0) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """(action, extras of the transition). Residual mode: extras hold ``base_action``.
+        A remote policy without an action for episode step ``step`` yet: ``(None, {})``."""
+        if self.remote is not None:
+            t0 = time.perf_counter()
+            action = self.remote.next_action(obs, step, deterministic)
+            self.latency_ms.append(1e3 * (time.perf_counter() - t0))
+            return action, {}
         policy = self._policy()
         batch: dict[str, Any] = {"instruction": [obs.get("instruction", "")]}
         if "state" in obs:
@@ -148,6 +162,8 @@ class Actor:
         obs, info = self.env.reset(seed=int(self.rng.integers(2**31)), options=options)
         if self.executor is not None:
             self.executor.reset()  # queued chunk actions never cross an episode boundary
+        if self.remote is not None:
+            self.remote.reset()
         if self.base_executor is not None:
             self.base_executor.reset()
         self.limits.reset()
@@ -174,17 +190,26 @@ class Actor:
                 time.sleep(delay)
             elif -delay > period:  # overran a whole period: do not try to catch up
                 self.counts["overruns"] += 1
+                self.counts["ticks_skipped"] += int(-delay // period)  # control periods with no tick at all
                 next_tick = time.perf_counter()
             self.jitter_ms.append(1e3 * abs(time.perf_counter() - next_tick))
 
             evaluating = bool(cfg.eval_every) and episode % cfg.eval_every == cfg.eval_every - 1
             intervening = cfg.mode != "none" and not evaluating and human.intervening and human.action is not None
-            if intervening and self.base is None:
+            if intervening and self.base is None and self.remote is None:
                 action, extras = human.action, {}
-            else:  # residual mode: the base runs on under a takeover, its action recorded
-                action, extras = self._act(obs, cfg.deterministic or evaluating)
+            else:  # under a takeover a residual's base runs on (action recorded), a remote policy stays aligned
+                action, extras = self._act(obs, cfg.deterministic or evaluating, step)
                 if intervening:
                     action = human.action
+            if action is None:  # a remote policy with no chunk for this step yet: nothing is sent, no step taken
+                self.counts["policy_stalls"] += 1
+                human = self._poll(obs, info)
+                if human.estop:
+                    self._estop()
+                    break
+                self._maybe_write_stats()
+                continue
             action = self.limits(action)
             if self.watchdog is not None:
                 self.watchdog.feed()
@@ -261,6 +286,8 @@ class Actor:
         out.update(self.limits.stats())
         if self.watchdog is not None:
             out.update(self.watchdog.stats())
+        if self.remote is not None:
+            out.update(self.remote.stats())
         if self.link is not None:
             out.update({f"link_{k}": v for k, v in self.link.stats.items()})
             out["weights_version"] = self.link.weights_version

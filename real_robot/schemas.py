@@ -1,4 +1,4 @@
-"""Schemas of ``embodied-learner`` and ``embodied-actor`` (see :mod:`embodied.schema`):
+"""Schemas of ``embodied-learner``, ``embodied-actor`` and the policy server (see :mod:`embodied.schema`):
 types and ranges checked before a socket is bound or a robot is touched."""
 
 from __future__ import annotations
@@ -85,16 +85,39 @@ class Link:
 
 
 @dataclass
+class Remote:
+    server_key: str | None = None
+    connect_timeout: float = num(gt=0)
+    reply_timeout: float = num(gt=0)
+    prefetch: int = num(ge=0)
+
+
+@dataclass
 class ActorConfig:
     """``embodied-actor`` (configs/actor.yaml); ``loop`` is checked against :class:`LoopConfig`."""
 
     actor_id: str = ""
-    connect: str = ""
+    connect: str | None = ""
     seed: int = 0
     insecure_loopback: bool = False
     base_policy: str | None = None
+    policy: str | None = None
     safety: Safety = field(default_factory=Safety)
     link: Link = field(default_factory=Link)
+    remote: Remote = field(default_factory=Remote)
+
+
+@dataclass
+class PolicyServerConfig:
+    """``python -m real_robot.remote_policy`` (configs/policy_server.yaml)."""
+
+    policy: str | None = None
+    device: str = "auto"
+    execute: int | None = num(ge=1)
+    threads: int = num(ge=1)
+    max_seconds: float = num(ge=0)
+    run_dir: str = ""
+    bridge: Bridge = field(default_factory=Bridge)
 
 
 def check_learner_server_config(cfg) -> None:
@@ -122,6 +145,15 @@ def check_actor_config(cfg) -> None:
     from real_robot.actor import LoopConfig
 
     check(cfg, ActorConfig)
+    if cfg.get("policy") is not None:
+        from real_robot.remote_policy import parse_remote
+
+        parse_remote(cfg.policy)  # a malformed address is an error before anything starts
+        if cfg.get("base_policy"):
+            raise ValueError("policy=remote:... acts with the policy server's chunks; base_policy= (residual RL) "
+                             "needs the learner's weights: set one of them")
+    elif not cfg.get("connect"):
+        raise ValueError("connect=null runs the actor without a learner: it then needs policy=remote:<host>:<port>")
     if cfg.get("base_policy"):
         from policies.base import base_kind
 
@@ -129,3 +161,20 @@ def check_actor_config(cfg) -> None:
     loop = to_dict(cfg.loop)
     loop.pop("threads", None)
     check(loop, LoopConfig, "loop.")
+
+
+def check_policy_server_config(cfg) -> None:
+    from embodied.schema import check
+    from policies.base import base_kind
+
+    check(cfg, PolicyServerConfig)
+    if not cfg.get("policy"):
+        raise ValueError("policy=<folder> is required: a saved policy or embodied-train run folder, a LeRobot "
+                         "checkpoint folder or a hub id")
+    try:
+        base_kind(str(cfg.policy))  # a missing folder is an error before the socket is bound
+    except (ValueError, FileNotFoundError) as err:  # base_kind names its own key
+        raise type(err)(str(err).replace("base_policy=", "policy=", 1)) from None
+    device = str(cfg.device)
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")

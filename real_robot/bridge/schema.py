@@ -38,6 +38,12 @@ FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "weights": {"version": (int,), "spec": (dict,)},  # learner -> actors, newest wins
     "heartbeat": {"time": (float, int), "stats": (dict,)},  # both ways
     "control": {"command": (str,)},  # learner -> actor: pause | resume | stop
+    # robot <-> policy server (real_robot.remote_policy); "obs" arrays: state, pixels/<camera>
+    "policy_hello": {"actor": (str,), "session": (str,)},  # robot -> server: what do you serve?
+    "policy_info": {"session": (str,), "io": (dict,), "chunk": (int,)},  # server -> robot: io, actions per chunk
+    "obs": {"req": (int,), "episode": (int,), "step": (int,), "instr": (str,)},  # robot -> server
+    "chunk": {"req": (int,), "episode": (int,), "step": (int,)},  # server -> robot: "action" (K, A) for step..
+    "policy_error": {"req": (int,), "error": (str,)},  # server -> robot: this request could not be acted on
 }
 CONTROL_COMMANDS = {"pause", "resume", "stop"}
 

@@ -78,6 +78,7 @@ class LearnerSocket:
         secret_key: str | None = None,
         allow_dir: str | None = None,
         insecure_loopback: bool = False,
+        role: str = "learner",
     ):
         import zmq
 
@@ -104,7 +105,7 @@ class LearnerSocket:
             self.sock.curve_server = True
         self.sock.bind(address)
         self.address = address
-        log.info("learner listening on %s (%s)", address, "PLAINTEXT loopback" if self.plaintext else "CURVE")
+        log.info("%s listening on %s (%s)", role, address, "PLAINTEXT loopback" if self.plaintext else "CURVE")
 
     def key_of(self, actor: str) -> str:
         """'<allow_dir>/<actor>.key, fingerprint ...' for an authenticated actor ('' in plaintext)."""
