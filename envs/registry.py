@@ -74,6 +74,8 @@ def make_env(
     if cameras is not None and not pixels:
         raise ValueError(f"{name}: cameras={cameras!r} given but pixels=False; set pixels=True")
     factory, args = _resolve(name)
+    if args and task_kwargs.get("task", None) is None:
+        task_kwargs.pop("task", None)  # the name chose the task (lang_reach/blue); a config's `task: null` is not a second one
     env = factory(*args, pixels=bool(pixels), cameras=cameras, image_size=int(image_size),
                   max_episode_steps=max_episode_steps, **task_kwargs)
     return SeedFirstReset(env, seed)

@@ -125,3 +125,12 @@ def test_other_bad_input():
         make_env("reach", max_episode_steps=0)
 
 
+
+
+def test_a_task_in_the_name_wins_over_an_unset_task_setting():
+    """embodied-eval env=lang_reach tasks=all passes the env config's `task: null` along with lang_reach/<colour>."""
+    env = make_env("lang_reach/blue", task=None)
+    obs, _ = env.reset(seed=0)
+    assert "blue" in obs["instruction"]
+    with pytest.raises(TypeError):
+        make_env("lang_reach/blue", task="red")  # two different tasks: not silently one of them

@@ -23,16 +23,26 @@ LEARNERS = {
     "bc": {"hidden": [32, 32], "batch_size": 8, "feature_dim": 8, "channels": 8},
     "residual": {"hidden": [32, 32], "actor_hidden": [16], "num_critics": 4, "batch_size": 8, "utd": 2,
                  "actor_every": 2, "critic_warmup": 0, "feature_dim": 8, "channels": 8},
+    "vla": {"hidden": [32, 32], "value_hidden": [16], "batch_size": 8, "feature_dim": 8, "channels": 8, "bins": 11,
+            "text": "learned", "text_dim": 16},
 }
-CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)]
+LANGUAGE = {"vla"}  # read obs["instruction"]; and camera images by definition: learner=vla refuses an env without
+CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True) if pixels or name not in LANGUAGE]
 IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]
 
 
-def obs_space(pixels: bool) -> spaces.Dict:
+def obs_space(pixels: bool, language: bool = False) -> spaces.Dict:
     parts = {"state": spaces.Box(-np.inf, np.inf, (5,), np.float32)}
     if pixels:
         parts["pixels"] = spaces.Dict({"front": spaces.Box(0, 255, (32, 32, 3), np.uint8)})
+    if language:
+        from envs.core import instruction_space
+
+        parts["instruction"] = instruction_space()
     return spaces.Dict(parts)
+
+
+INSTRUCTIONS = ("move the gripper to the red target", "move the gripper to the blue target")
 
 
 _BASE: dict[str, str] = {}
@@ -56,30 +66,34 @@ def build(name: str, pixels: bool):
     objects = None
     if name == "residual":
         objects = {"base": policies.load_policy(base_folder()), "base_source": base_folder()}
-    return make_learner(name, obs_space(pixels), spaces.Box(-1, 1, (2,), np.float32), objects, **LEARNERS[name])
+    return make_learner(name, obs_space(pixels, name in LANGUAGE), spaces.Box(-1, 1, (2,), np.float32), objects, **LEARNERS[name])
 
 
-def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator) -> dict:
+def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator, name: str = "") -> dict:
     obs = {"state": rng.normal(size=(rows, 5)).astype(np.float32)}
     if pixels:
         obs["pixels"] = {"front": rng.integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)}
+    if name in LANGUAGE:
+        obs["instruction"] = [INSTRUCTIONS[i] for i in rng.integers(0, 2, rows)]
     return obs
 
 
-def batch(rows: int, pixels: bool, seed: int = 0) -> Batch:
+def batch(rows: int, pixels: bool, seed: int = 0, name: str = "") -> Batch:
     rng = np.random.default_rng(seed)
 
     def tensors(obs):
         out = {"state": torch.as_tensor(obs["state"])}
         if pixels:
             out["pixels"] = {c: torch.as_tensor(x) for c, x in obs["pixels"].items()}
+        if "instruction" in obs:
+            out["instruction"] = obs["instruction"]
         return out
 
     def column():
         return torch.as_tensor(rng.normal(size=rows), dtype=torch.float32)
 
-    obs, action = tensors(numpy_obs(rows, pixels, rng)), torch.as_tensor(rng.uniform(-1, 1, (rows, 2)), dtype=torch.float32)
-    reward, next_obs = column(), tensors(numpy_obs(rows, pixels, rng))
+    obs, action = tensors(numpy_obs(rows, pixels, rng, name)), torch.as_tensor(rng.uniform(-1, 1, (rows, 2)), dtype=torch.float32)
+    reward, next_obs = column(), tensors(numpy_obs(rows, pixels, rng, name))
     # the columns of an on-policy rollout (PPO) and of residual RL; other learners ignore extras
     extras = {"log_prob": column() - 2.0, "value": column(), "advantage": column(), "return": column(),
               "base_action": action.flip(0).clone(), "next_base_action": action.roll(1, 0).clone(),
@@ -110,14 +124,14 @@ def every_parameter(learner) -> dict[int, torch.Tensor]:
 @pytest.mark.parametrize("name, pixels", CASES, ids=IDS)
 def test_each_named_loss_term_moves_only_its_own_parameters(name, pixels):
     learner = build(name, pixels)
-    metrics = learner.update(batch(learner.rows_per_update, pixels))  # off the init: advantages not all 0
+    metrics = learner.update(batch(learner.rows_per_update, pixels, name=name))  # off the init: advantages not all 0
     owners = learner.loss_owners()
-    terms = learner.losses(batch(8, pixels, seed=1))
+    terms = learner.losses(batch(8, pixels, seed=1, name=name))
     assert {k for k in terms if k.startswith("loss/")} == set(owners), (sorted(terms), sorted(owners))
     assert set(owners) <= set(metrics), "update() reports every loss term under its name"
     everything = every_parameter(learner)
     for term in owners:
-        terms = learner.losses(batch(8, pixels, seed=1))
+        terms = learner.losses(batch(8, pixels, seed=1, name=name))
         for p in everything.values():
             p.grad = None
         terms[term].backward()
@@ -130,11 +144,11 @@ def test_each_named_loss_term_moves_only_its_own_parameters(name, pixels):
 def test_state_dict_round_trip_through_a_checkpoint_resumes_identically(name, pixels, tmp_path):
     a = build(name, pixels)
     for seed in range(2):
-        a.update(batch(a.rows_per_update, pixels, seed))
+        a.update(batch(a.rows_per_update, pixels, seed, name=name))
     checkpoint.save(tmp_path, 0, {"learner": a.state_dict()})
     b = build(name, pixels)
     b.load_state_dict(checkpoint.load(tmp_path)["learner"])
-    next_batch = batch(a.rows_per_update, pixels, seed=7)
+    next_batch = batch(a.rows_per_update, pixels, seed=7, name=name)
     torch.manual_seed(3)
     ma = a.update(next_batch)
     torch.manual_seed(3)
@@ -145,10 +159,10 @@ def test_state_dict_round_trip_through_a_checkpoint_resumes_identically(name, pi
 @pytest.mark.parametrize("name, pixels", CASES, ids=IDS)
 def test_policy_weights_load_into_a_policy_rebuilt_from_its_spec(name, pixels):
     learner = build(name, pixels)
-    learner.update(batch(learner.rows_per_update, pixels))
+    learner.update(batch(learner.rows_per_update, pixels, name=name))
     remote = policies.from_spec(learner.policy().spec())
     remote.load_state_dict(learner.policy_weights())
-    obs = numpy_obs(4, pixels, np.random.default_rng(5))
+    obs = numpy_obs(4, pixels, np.random.default_rng(5), name)
     want = learner.policy().act(obs, deterministic=True)
     np.testing.assert_allclose(remote.act(obs, deterministic=True), want, rtol=1e-6, atol=1e-6)
     step = remote.step(obs, deterministic=True)
