@@ -102,10 +102,13 @@ def one(seed: int, method: str, root: Path, steps: int, episodes: int, data: Pat
 def write_table() -> str:
     rows = _done()
     lines = ["## The native VLA on lang_reach: BC, then PPO", "",
-             f"Top camera 64 px + gripper proprioception + instruction (four coloured discs; the instruction names "
-             f"one; a language-blind policy scores about 0.25-0.35). BC: {BC_UPDATES} updates on {DEMO_STEPS} scripted "
-             "steps. PPO: `+experiment=ppo_vla` from each seed's BC policy. Success over each run's final evaluation; "
-             "IQM over seeds with 95 % bootstrap CI (rliable). `python -m benchmarks.vla_demos`.", "",
+             f"lang_reach (four coloured discs; the instruction names one; a language-blind policy scores about "
+             f"0.25-0.35); the VLA reads the top camera (64 px) and the instruction. BC: {BC_UPDATES} updates "
+             f"(batch 64) on {DEMO_STEPS} scripted steps (expert with action noise 0.1). PPO: `+experiment=ppo_vla` "
+             "from each seed's BC policy (4 envs x 128 steps per rollout, 4 critic-only updates first, curriculum on); "
+             "'+ GVL': `reward=gvl_oracle +reward.env_weight=1.0`. Success over each run's final evaluation "
+             "(deterministic: the most likely token); IQM over seeds with 95 % bootstrap CI (rliable). "
+             "`python -m benchmarks.vla_demos`.", "",
              "| method | env steps | eval episodes | seeds | success per seed | IQM | 95 % CI | minutes per run |",
              "|---|---|---|---|---|---|---|---|"]
     for method, label in METHODS.items():

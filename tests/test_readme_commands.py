@@ -112,7 +112,7 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
             setv("train.offline_updates", 30)
     elif prog == "embodied-make-dataset":
         setv("steps", 100)
-        args += ["env.image_size=32"] if kv.get("env", "").startswith(SIMULATORS) else []
+        args += ["env.image_size=32"] if kv.get("env", "").startswith(SIMULATORS + ("lang_reach",)) else []
         args += ["sac.total_steps=300", "sac.medium_at=150", "sac.warmup_steps=100", "sac.hidden=[16,16]",
                  "sac.batch_size=16"]
     elif prog == "embodied-label":
@@ -171,7 +171,7 @@ def substitutions(server: VLMServer, tmp: Path) -> dict[str, str]:
 def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
-    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL
+    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -182,14 +182,15 @@ def test_the_reader_joins_continuations_and_drops_comments():
 
 
 CHAIN_RESIDUAL = [c for c in runnable() if any(k in c for k in ("push_sparse", "push_front", "runs/push_bc"))]
-CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL
+CHAIN_VLA = [c for c in runnable() if any(k in c for k in ("datasets/lang_reach", "runs/lang_vla_bc"))]
+CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL + CHAIN_VLA
                and c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
 CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/libero_object_iql" in c]
-CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL and not any(k in c for k in SIMULATORS) and any(
+CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA and not any(k in c for k in SIMULATORS) and any(
     k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
 INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
-               + CHAIN_RESIDUAL]
+               + CHAIN_RESIDUAL + CHAIN_VLA]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
@@ -300,6 +301,47 @@ def test_real_robot_walkthrough_runs_as_written(tmp_path):
     finally:
         for p in procs:
             p.kill()
+
+
+def test_vla_commands_run_as_written_in_order(tmp_path):
+    """lang_reach demos -> BC of the native VLA -> embodied-eval per colour -> PPO (sparse, + GVL) ->
+    the policy server, driven by a sim-robot actor with remote inference over CURVE."""
+    assert [c.split()[0] for c in CHAIN_VLA] == [
+        "embodied-make-dataset", "embodied-train", "embodied-eval", "embodied-train", "embodied-train",
+        "embodied-policy-server"], CHAIN_VLA
+    server = None
+    try:
+        for command in CHAIN_VLA:
+            argv = shrink(command, {})
+            if not command.startswith("embodied-policy-server"):
+                run(argv, tmp_path, timeout=900)
+                continue
+            for name in ("learner", "actor0"):  # the robot section's keys: the server holds the learner's pair
+                run([str(BIN / "embodied-keygen"), f"name={name}", "out=keys" if name == "learner" else "out=keys/allowed"],
+                    tmp_path)
+            (tmp_path / "keys" / "allowed" / "actor0.key_secret").rename(tmp_path / "keys" / "actor0.key_secret")
+            port = transport.free_port()
+            argv = [a.replace("0.0.0.0:5560", f"127.0.0.1:{port}") for a in argv]
+            log = tmp_path / "server.log"
+            out = open(log, "wb")  # Hydra logs to stdout, the tracebacks go to stderr
+            server = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 180
+            while "policy server ready" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+                assert server.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.3)
+            # the README's actor drives an SO-100; here the same flags drive the sim robot's lang_reach
+            run([str(BIN / "embodied-actor"), "robot=sim_reach_pixels", "robot.task=lang_reach", "robot.cameras=[top]",
+                 "robot.image_size=32", "+robot.proprio_only=true", f"policy=remote:127.0.0.1:{port}", "connect=null",
+                 "loop.hz=30", "remote.prefetch=8", "loop.max_steps=40", "run_dir=runs/lang_vla_actor"], tmp_path)
+            stop(server, log)
+            server = None
+    finally:
+        if server is not None:
+            server.kill()
+    stats = json.loads((tmp_path / "runs" / "lang_vla_actor" / "actor_stats.json").read_text())
+    assert stats["steps"] >= 40 and stats["remote_chunks"] >= 1, stats
+    results = next((tmp_path / "evals").glob("*/results.json"))
+    assert json.loads(results.read_text())["overall"]["tasks"] == 4  # one per colour
 
 
 def stop(proc: subprocess.Popen, log: Path) -> None:

@@ -15,7 +15,7 @@ tokens and evaluates it in the env. One update:
 The state statistics, the action range and every instruction are read from the whole
 dataset before training (:meth:`VLABC.prepare_offline`): an instruction the encoder does not
 accept is a one-line error then, before any update. The value head is not trained here;
-``learner=ppo_vla`` warms it up before the policy moves.
+``+experiment=ppo_vla policy=<this run>`` (PPO) warms it up before the policy moves.
 """
 
 from __future__ import annotations
