@@ -19,7 +19,8 @@ depend on the run's seed only (so the three rows of one seed share their eval ep
 finished run is appended to ``benchmarks/results/vla_runs.jsonl`` (a rerun skips it) and the
 table is rewritten after each: ``benchmarks/results/vla_demos.md``.
 
-    python -m benchmarks.vla_demos --seeds 3 --jobs 2
+    python -m benchmarks.vla_demos --seeds 3 --jobs 2                 # PPO for 8,192 env steps
+    python -m benchmarks.vla_demos --seeds 3 --jobs 2 --steps 32768   # and for 32,768 (its own rows)
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def demos(root: Path) -> Path:
 def one(seed: int, method: str, root: Path, steps: int, episodes: int, data: Path) -> dict:
     flags = [f"seed={seed}", f"eval.episodes={episodes}", "eval.video_episodes=0", "wandb.mode=disabled",
              "train.threads=1"]
-    run_dir = root / f"{method}_s{seed}"
+    run_dir = root / (f"{method}_s{seed}" if method == "bc" else f"{method}_{steps}_s{seed}")
     if method == "bc":
         cmd = [*BC_FLAGS, f"train.dataset={data}"]
     else:
@@ -91,7 +92,7 @@ def one(seed: int, method: str, root: Path, steps: int, episodes: int, data: Pat
                f"eval.every={steps}", f"checkpoint.every={steps}"]
         if method == "ppo_gvl":
             cmd += ["reward=gvl_oracle", "+reward.env_weight=1.0"]
-    result = _run([str(BIN / "embodied-train"), *flags, *cmd, f"run_dir={run_dir}"], root / f"{method}_s{seed}.log")
+    result = _run([str(BIN / "embodied-train"), *flags, *cmd, f"run_dir={run_dir}"], run_dir.with_suffix(".log"))
     row = {"method": method, "seed": seed, "steps": 0 if method == "bc" else steps, "episodes": episodes,
            "success": float(result["eval/success"]), "seconds": round(result["seconds"], 1)}
     _record(row)
@@ -111,10 +112,10 @@ def write_table() -> str:
              "`python -m benchmarks.vla_demos`.", "",
              "| method | env steps | eval episodes | seeds | success per seed | IQM | 95 % CI | minutes per run |",
              "|---|---|---|---|---|---|---|---|"]
-    for method, label in METHODS.items():
-        got = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
-        if not got:
-            continue
+    groups = sorted({(r["method"], r["steps"]) for r in rows}, key=lambda g: (g[1], list(METHODS).index(g[0])))
+    for method, steps in groups:
+        label = METHODS[method]
+        got = sorted((r for r in rows if r["method"] == method and r["steps"] == steps), key=lambda r: r["seed"])
         scores = np.array([r["success"] for r in got])
         point, lo, hi = iqm_ci(scores) if len(scores) >= 2 else (float(scores[0]), float("nan"), float("nan"))
         minutes = np.mean([r["seconds"] for r in got]) / 60
@@ -137,12 +138,12 @@ def main(argv=None) -> None:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
-    have = {(r["method"], r["seed"]) for r in _done()}
+    have = {(r["method"], r["seed"], r["steps"]) for r in _done()}
     data = demos(root)
     with ThreadPoolExecutor(args.jobs) as pool:  # the BC policies first: PPO starts from them
         list(pool.map(lambda s: one(s, "bc", root, args.steps, args.episodes, data),
-                      [s for s in range(args.seeds) if ("bc", s) not in have]))
-        todo = [(s, m) for s in range(args.seeds) for m in args.methods if m != "bc" and (m, s) not in have]
+                      [s for s in range(args.seeds) if ("bc", s, 0) not in have]))
+        todo = [(s, m) for s in range(args.seeds) for m in args.methods if m != "bc" and (m, s, args.steps) not in have]
         list(pool.map(lambda sm: one(sm[0], sm[1], root, args.steps, args.episodes, data), todo))
     print(write_table())
 

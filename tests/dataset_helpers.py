@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embodied.datasets.record import keep_scheduling
+
 
 def robot_dataset(root: Path, episodes: int = 4, T: int = 12):
     """Another lab's robot: 2-d state, one 32x32 camera (front), 3-d actions in its own units (0..100)."""
@@ -22,6 +24,8 @@ def robot_dataset(root: Path, episodes: int = 4, T: int = 12):
             img[:, : (t + 1) * 32 // T] = 200
             ds.add_frame({"observation.images.front": img, "observation.state": rng.normal(size=2).astype(np.float32),
                           "action": rng.uniform(0, 100, 3).astype(np.float32), "task": "sort the red blocks"})
-        ds.save_episode()
-    ds.finalize()
+        with keep_scheduling():  # SVT-AV1 would leave this thread, and what it starts next, at FIFO 99
+            ds.save_episode()
+    with keep_scheduling():
+        ds.finalize()
     return root

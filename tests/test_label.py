@@ -16,6 +16,7 @@ import torch
 
 from embodied.datasets.label import label_dataset
 from embodied.datasets.read import iter_episodes, load_replay, open_dataset
+from embodied.datasets.record import keep_scheduling
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "clip", "model_name": "tiny-clip", "pretrained": None, "batch_size": 32,
@@ -49,8 +50,10 @@ def foreign_dataset(root, episodes=3, T=10, size=32, action=True, nan_at=None, c
             if action:
                 frame["action"] = rng.uniform(-1, 1, 2).astype(np.float32)
             ds.add_frame(frame)
-        ds.save_episode()
-    ds.finalize()
+        with keep_scheduling():  # SVT-AV1 would leave this thread, and what it starts next, at FIFO 99
+            ds.save_episode()
+    with keep_scheduling():
+        ds.finalize()
     return Path(root)
 
 
