@@ -167,6 +167,21 @@ def run_learner(cfg: DictConfig) -> None:
 
     check_learner_server_config(cfg)  # every setting, before the socket is bound
 
+    # A SIGTERM / Ctrl-C while the learner starts (it listens first, then spends seconds loading
+    # torch and its checkpoint) is kept and honoured once it is up: it stops at once, saving as
+    # on any stop, instead of dying mid-restore with the signal's default action.
+    import signal
+
+    requested: list[int] = []
+    started: dict[str, Any] = {}
+
+    def keep(signum, _frame):
+        requested.append(signum)
+        if "server" in started:  # up, but its own handlers are not installed yet
+            started["server"].stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, keep)
     b = cfg.bridge  # listen (and authenticate actors) first: loading torch and the checkpoint takes seconds
     sock = LearnerSocket(b.bind, b.get("secret_key"), b.get("allow_dir"), b.insecure_loopback)
     import torch
@@ -179,6 +194,10 @@ def run_learner(cfg: DictConfig) -> None:
     except BaseException:
         sock.close()
         raise
+    started["server"] = server
+    if requested:
+        log.info("stop requested during start-up (signal %d): saving and stopping", requested[0])
+        server.stopping = True
     server.run(max_seconds=float(cfg.train.max_seconds))
 
 

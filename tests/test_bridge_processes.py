@@ -351,3 +351,13 @@ def test_residual_rl_on_the_sim_robot_streams_only_residual_weights_over_a_local
     weights = state["learner"]["policy"]
     assert not any(k.startswith("base") for k in weights), "the base never travels"
     assert learner.poll() is None
+
+
+def test_a_sigterm_while_the_learner_starts_up_stops_it_cleanly(tmp_path, procs, curve):
+    """It listens before loading torch and its checkpoint; a stop in that window is honoured once it is up."""
+    port = transport.free_port()
+    learner = procs.start("embodied-learner", "early", *learner_args(tmp_path, port))
+    wait_for(lambda: "learner listening" in procs.log("early"), 120, "the socket bound", learner)
+    learner.send_signal(signal.SIGTERM)  # still importing torch / building the learner
+    assert learner.wait(120) == 0, procs.log("early")[-2000:]
+    assert "stop requested during start-up" in procs.log("early") or "learner ready" in procs.log("early")
