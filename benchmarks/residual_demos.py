@@ -27,24 +27,18 @@ table is rewritten after each: ``benchmarks/results/residual_demos.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.runner import BIN, ENV, read_runs, record_run, run_cli
 from benchmarks.stats import iqm_ci
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RUNS = RESULTS / "residual_runs.jsonl"
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), "WANDB_MODE": "disabled",
-       "OMP_NUM_THREADS": "1"}
 
 PIXELS = ["env.pixels=true", "env.cameras=[front]", "env.image_size=64"]
 TASKS = {
@@ -69,24 +63,12 @@ ACT_FLAGS = ["--policy.type=act", "--policy.device=cpu", "--policy.push_to_hub=f
              "--num_workers=0", "--wandb.enable=false"]
 
 
-def _run(cmd: list[str], log: Path) -> dict:
-    t0 = time.time()
-    with open(log, "w") as out:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, text=True, env=ENV)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}); see {log}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["seconds"] = time.time() - t0
-    return result
-
-
 def _done() -> list[dict]:
-    return [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
+    return read_runs(RUNS)
 
 
 def _record(row: dict) -> None:
-    with open(RUNS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    record_run(RUNS, row)
 
 
 def demos(task: str, root: Path) -> Path:
@@ -94,7 +76,7 @@ def demos(task: str, root: Path) -> Path:
     out = root / f"{task}_demos"
     if not (out / "scripted" / "meta" / "info.json").exists():
         env_args = [f"env={spec['env']}", *spec["flags"], *SPARSE]
-        _run([str(BIN / "embodied-make-dataset"), *env_args, "kinds=[scripted]", "success_only=true",
+        run_cli([str(BIN / "embodied-make-dataset"), *env_args, "kinds=[scripted]", "success_only=true",
               f"steps={spec['demo_steps']}", "expert_noise=0.3", f"output={out}"], root / f"{task}_demos.log")
     return out / "scripted"
 
@@ -134,7 +116,7 @@ def one(task: str, seed: int, method: str, root: Path, steps: int, episodes: int
     else:
         cmd = [f"+experiment=rlpd_{experiment}", f"train.total_steps={steps}", f"eval.every={steps}",
                f"run_dir={root / f'{task}_sac_s{seed}'}"]
-    result = _run([str(BIN / "embodied-train"), *flags, *cmd], root / f"{task}_{method}_s{seed}.log")
+    result = run_cli([str(BIN / "embodied-train"), *flags, *cmd], root / f"{task}_{method}_s{seed}.log")
     row = {"task": task, "method": method, "seed": seed, "steps": 0 if method == "bc" else steps,
            "episodes": episodes, "success": float(result["eval/success"]), "seconds": result["seconds"]}
     _record(row)

@@ -26,24 +26,17 @@ table is rewritten after each: ``benchmarks/results/vla_demos.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.runner import BIN, read_runs, record_run, run_cli
 from benchmarks.stats import iqm_ci
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RUNS = RESULTS / "vla_runs.jsonl"
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"), "WANDB_MODE": "disabled",
-       "OMP_NUM_THREADS": "1"}
 
 DEMO_STEPS = 10_000
 BC_UPDATES = 3000
@@ -53,30 +46,18 @@ METHODS = {"bc": "BC (learner=vla)", "ppo": "PPO, sparse success reward",
            "ppo_gvl": "PPO, sparse success + GVL process reward (weight 1)"}
 
 
-def _run(cmd: list[str], log: Path) -> dict:
-    t0 = time.time()
-    with open(log, "w") as out:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, text=True, env=ENV)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}); see {log}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["seconds"] = time.time() - t0
-    return result
-
-
 def _done() -> list[dict]:
-    return [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
+    return read_runs(RUNS)
 
 
 def _record(row: dict) -> None:
-    with open(RUNS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    record_run(RUNS, row)
 
 
 def demos(root: Path) -> Path:
     out = root / "lang_demos"
     if not (out / "scripted" / "meta" / "info.json").exists():
-        _run([str(BIN / "embodied-make-dataset"), "env=lang_reach", "kinds=[scripted]", f"steps={DEMO_STEPS}",
+        run_cli([str(BIN / "embodied-make-dataset"), "env=lang_reach", "kinds=[scripted]", f"steps={DEMO_STEPS}",
               "expert_noise=0.1", f"output={out}"], root / "lang_demos.log")
     return out / "scripted"
 
@@ -92,7 +73,7 @@ def one(seed: int, method: str, root: Path, steps: int, episodes: int, data: Pat
                f"eval.every={steps}", f"checkpoint.every={steps}"]
         if method == "ppo_gvl":
             cmd += ["reward=gvl_oracle", "+reward.env_weight=1.0"]
-    result = _run([str(BIN / "embodied-train"), *flags, *cmd, f"run_dir={run_dir}"], run_dir.with_suffix(".log"))
+    result = run_cli([str(BIN / "embodied-train"), *flags, *cmd, f"run_dir={run_dir}"], run_dir.with_suffix(".log"))
     row = {"method": method, "seed": seed, "steps": 0 if method == "bc" else steps, "episodes": episodes,
            "success": float(result["eval/success"]), "seconds": round(result["seconds"], 1)}
     _record(row)

@@ -76,7 +76,7 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
             return value
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bridge_processes import wait_for
 
 from real_robot.bridge import keys, transport
 
@@ -99,18 +100,6 @@ def start(root: Path, name: str, cmd: list[str]) -> subprocess.Popen:
 
 def log_of(root: Path, name: str) -> str:
     return (root / f"{name}.log").read_text(errors="replace")
-
-
-def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_keys(root: Path) -> Path:
