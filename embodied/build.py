@@ -122,11 +122,12 @@ def build_learner(cfg: Any, obs_space, action_space, device: str | None = None, 
         check_base(base, obs_space, action_space, str(base_policy))  # the env's whole space: a base may read pixels
         source = str(base_policy) if base_kind(str(base_policy)) == "hub" else str(Path(base_policy).expanduser().resolve())
         objects = {"base": base, "base_source": source}  # absolute: the saved policy loads from any folder
-    elif policy:
-        from policies import load_policy
+    elif policy:  # a saved project policy or run folder, or a LeRobot flow VLA (folder or hub id)
+        from policies.base import base_kind, load_base
 
-        objects = {"policy": load_policy(policy, device=device or "cpu"),
-                   "policy_source": str(Path(policy).expanduser().resolve())}
+        hub = base_kind(str(policy), "policy") == "hub"
+        source = str(policy) if hub else str(Path(policy).expanduser().resolve())  # a saved policy loads anywhere
+        objects = {"policy": load_base(source, device=device or "cpu", key="policy"), "policy_source": source}
     learner = make_learner(name, learner_space(obs_space, inputs), action_space, objects, **kw)
     if offline is not None and len(offline):
         learner.prepare_offline(offline)

@@ -289,6 +289,8 @@ class Trainer:
         """
         if self.executor is None:
             self.executor = ChunkExecutor(self.learner.policy(), self.venv.num_envs)
+        elif self.executor.chunk_size > 1:  # a chunked policy's rollout starts with fresh chunks: each
+            self.executor.reset()          # chunk is one decision of this rollout (embodied.replay.chunk_decisions)
         episodic = self.labeler.mode == "async"
         self.collector.begin()
         waited = 0.0

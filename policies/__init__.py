@@ -31,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "residual": "policies.residual:ResidualPolicy",
     "native_vla": "policies.vla.native:NativeVLA",
     "autoregressive_vla": "policies.vla.autoregressive:AutoregressiveVLA",
+    "flow_vla": "policies.vla.flow_rl:FlowVLAActorCritic",
 }
 
 

@@ -31,7 +31,7 @@ def _lerobot_folder(path: Path) -> bool:
         return False
 
 
-def base_kind(source: str) -> str:
+def base_kind(source: str, key: str = "base_policy") -> str:
     """``"project"`` (a saved policy or run folder), ``"lerobot"`` (a LeRobot checkpoint
     folder) or ``"hub"`` (an ``owner/name`` id); a path that does not exist is an error.
     A string is read as a hub id only when it is ``owner/name`` and ``owner`` is not a
@@ -45,18 +45,18 @@ def base_kind(source: str) -> str:
     if path.is_dir():
         return "lerobot" if _lerobot_folder(path) else "project"
     if path.exists():
-        raise ValueError(f"base_policy={source} is a file; pass the folder that holds the policy")
+        raise ValueError(f"{key}={source} is a file; pass the folder that holds the policy")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not path.parent.is_dir() and not source.startswith("."):
         return "hub"
-    raise FileNotFoundError(f"base_policy={source} does not exist (no such folder, and not a hub id owner/name)")
+    raise FileNotFoundError(f"{key}={source} does not exist (no such folder, and not a hub id owner/name)")
 
 
-def load_base(source: str, device: str = "cpu", **lerobot_kw: Any):
+def load_base(source: str, device: str = "cpu", key: str = "base_policy", **lerobot_kw: Any):
     """The frozen base policy ``source`` names (see the module docstring); one-line errors
     for a path that holds no policy."""
     from policies import load_policy
 
-    kind = base_kind(source)
+    kind = base_kind(source, key)
     if kind == "project":
         policy = load_policy(Path(source).expanduser(), device=device)
     else:

@@ -62,7 +62,7 @@ class LeRobotPolicy:
                  seed: int = 0):
         try:
             from lerobot.configs.policies import PreTrainedConfig
-            from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+            from lerobot.policies.factory import get_policy_class
         except ImportError as err:  # pragma: no cover - lerobot is a dependency
             raise ImportError(f"loading a LeRobot policy needs lerobot: {err}") from None
         from embodied.datasets.keys import DatasetKeys
@@ -83,10 +83,11 @@ class LeRobotPolicy:
         self.config = cfg
         lerobot_compat()
         self.model = _build(get_policy_class(cfg.type), self.source, cfg)
+        # what the policy's own recipe trains (SmolVLA / pi0 freeze their vision tower, SmolVLA
+        # its VLM too: freeze_vision_encoder, train_expert_only); requires_grad_(True) restores it
+        self._trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         self.model.to(self.device).eval().requires_grad_(False)
-        self.pre, self.post = make_pre_post_processors(
-            cfg, pretrained_path=self.source,
-            preprocessor_overrides={"device_processor": {"device": str(self.device)}})
+        self._processors()
         self.chunk_size = int(getattr(cfg, "chunk_size", None) or getattr(cfg, "n_action_steps", 1))
         self.n_action_steps = int(getattr(cfg, "n_action_steps", None) or self.chunk_size)
         self._takes_noise = _takes_noise(self.model)
@@ -96,6 +97,13 @@ class LeRobotPolicy:
         self._images = [k for k, f in feats.items() if _ftype(f) == "VISUAL" and not _padding_camera(k)]
         self._shapes = {k: tuple(f.shape) for k, f in feats.items()}
         self._action_dim = int(cfg.output_features["action"].shape[0])
+
+    def _processors(self) -> None:
+        from lerobot.policies.factory import make_pre_post_processors
+
+        self.pre, self.post = make_pre_post_processors(
+            self.config, pretrained_path=self.source,
+            preprocessor_overrides={"device_processor": {"device": str(self.device)}})
 
     # -- what it reads and emits (policies.base.check_base) ------------------------------
     def io(self) -> dict[str, Any]:
@@ -115,14 +123,14 @@ class LeRobotPolicy:
         if self._state_key:
             if "state" not in obs:
                 raise ValueError(f"the LeRobot policy reads {self._state_key}: the observation has no 'state'")
-            batch[self._state_key] = torch.as_tensor(np.asarray(obs["state"], np.float32), device=self.device)
+            batch[self._state_key] = _tensor(obs["state"], self.device).float()
         pixels = obs.get("pixels", {})
         for key in self._images:
             cam = self.keys.env_camera(key)
             if cam not in pixels:
                 raise ValueError(f"the LeRobot policy reads {key} (env camera {cam!r}); the observation has "
                                  f"cameras {sorted(pixels)}")
-            frames = torch.as_tensor(np.asarray(pixels[cam]), device=self.device)
+            frames = _tensor(pixels[cam], self.device)
             batch[key] = frames.permute(0, 3, 1, 2).float() / 255.0
         n = next(iter(batch.values())).shape[0]
         instruction = obs.get("instruction")
@@ -162,7 +170,10 @@ class LeRobotPolicy:
 
     # -- frozen module plumbing ------------------------------------------------------------
     def requires_grad_(self, flag: bool = False):
-        self.model.requires_grad_(flag)
+        """False freezes every weight; True makes trainable what the checkpoint's own recipe
+        trains (its ``freeze_vision_encoder`` / ``train_expert_only`` hold)."""
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(bool(flag) and self._trainable.get(name, True))
         return self
 
     def eval(self):
@@ -170,6 +181,14 @@ class LeRobotPolicy:
         return self
 
     def to(self, device):
+        """Move the model and rebuild the processors for ``device`` (their device step moves the batch)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.device = device
+            self.config.device = str(device)
+            self.model.to(device)
+            self._processors()
+            self._gen = torch.Generator(device).manual_seed(int(self._gen.initial_seed()))
         return self
 
     def state_dict(self) -> dict[str, Any]:
@@ -177,6 +196,11 @@ class LeRobotPolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> Any:
         return self.model.load_state_dict(state)
+
+
+def _tensor(x, device: torch.device) -> torch.Tensor:
+    """A numpy array or a tensor (a training batch's, on any device) on ``device``."""
+    return x.to(device) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), device=device)
 
 
 def _ftype(feature) -> str:

@@ -171,7 +171,7 @@ def substitutions(server: VLMServer, tmp: Path) -> dict[str, str]:
 def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
-    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA
+    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -183,6 +183,7 @@ def test_the_reader_joins_continuations_and_drops_comments():
 
 CHAIN_RESIDUAL = [c for c in runnable() if any(k in c for k in ("push_sparse", "push_front", "runs/push_bc"))]
 CHAIN_VLA = [c for c in runnable() if any(k in c for k in ("datasets/lang_reach", "runs/lang_vla_bc"))]
+CHAIN_FLOW = [c for c in runnable() if any(k in c for k in ("smolvla_lang_reach", "runs/lang_smolvla_ppo"))]
 CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL + CHAIN_VLA
                and c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
@@ -190,7 +191,7 @@ CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/
 CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA and not any(k in c for k in SIMULATORS) and any(
     k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
 INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
-               + CHAIN_RESIDUAL + CHAIN_VLA]
+               + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
@@ -342,6 +343,26 @@ def test_vla_commands_run_as_written_in_order(tmp_path):
     assert stats["steps"] >= 40 and stats["remote_chunks"] >= 1, stats
     results = next((tmp_path / "evals").glob("*/results.json"))
     assert json.loads(results.read_text())["overall"]["tasks"] == 4  # one per colour
+
+
+def test_flow_vla_ppo_commands_run_as_written_in_order(tmp_path):
+    """PPO over a SmolVLA checkpoint, then embodied-eval of the fine-tuned policy. The README's
+    checkpoint is a SmolVLA fine-tuned on lang_reach; here a tiny random one (64 px top camera,
+    as the helpers build it, so the env renders at 64 px) stands in, and the GPU (device=cuda)
+    is this machine's CPU."""
+    from vla_lerobot_helpers import smolvla_checkpoint, tiny_vlm
+
+    assert [c.split()[0] for c in CHAIN_FLOW] == ["embodied-train", "embodied-eval"], CHAIN_FLOW
+    smolvla_checkpoint(tmp_path / "checkpoints" / "smolvla_lang_reach", tiny_vlm(tmp_path / "vlm"))
+    for command in CHAIN_FLOW:
+        argv = [a.replace("device=cuda", "device=cpu").replace("env.image_size=32", "env.image_size=64")
+                for a in shrink(command, {})]
+        run(argv, tmp_path, timeout=900)
+    from policies import load_policy
+
+    assert load_policy(tmp_path / "runs" / "lang_smolvla_ppo").kind == "flow_vla"
+    results = next((tmp_path / "evals").glob("*/results.json"))
+    assert json.loads(results.read_text())["overall"]["tasks"] == 4
 
 
 def stop(proc: subprocess.Popen, log: Path) -> None:

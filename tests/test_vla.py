@@ -138,7 +138,7 @@ def test_a_chunked_vla_or_a_non_token_policy_is_refused_for_ppo_in_one_line():
         ppo_over(tiny(chunk=3))
     from policies.bc import BCPolicy
 
-    with pytest.raises(ValueError, match="not a token policy"):
+    with pytest.raises(ValueError, match="neither a token policy with a value head .* nor a LeRobot flow VLA"):
         ppo_over(BCPolicy(2, 4))
 
 

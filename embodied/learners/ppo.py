@@ -45,7 +45,7 @@ import torch
 from embodied.checkpoint import optimizer_state
 from embodied.contracts import Batch, Learner
 from embodied.learners.nets import FlatAdam, tree_map
-from embodied.replay.rollout import gae
+from embodied.replay.rollout import chunk_decisions, gae
 from embodied.schema import num
 from policies.ppo import PPOPolicy
 
@@ -115,6 +115,9 @@ class PPOConfig:
     temperature: float | None = num(None, gt=0)
     """Token sampling temperature of a fine-tuned policy (``policy=``), used to sample AND to
     score the ratio; null keeps the policy's own."""
+    flow_noise_level: float = num(0.5, gt=0)
+    """A fine-tuned flow VLA (SmolVLA, pi0): the flow SDE's noise level a
+    (sigma_t = a * sqrt(t / (1 - t)); RLinf / Flow-GRPO use 0.5)."""
     seed: int = 0
     """Seed of the initial weights and of the minibatch shuffling."""
     device: str = "cpu"
@@ -152,8 +155,10 @@ class PPO(Learner):
     discrete_actions = True
 
     def __init__(self, obs_space, action_space, cfg: PPOConfig | None = None, policy=None, policy_source: str | None = None):
-        """``policy``: a loaded token policy to fine-tune instead of a fresh actor-critic (a
-        saved :class:`policies.vla.native.NativeVLA`; ``policy=`` on the command line)."""
+        """``policy``: a loaded policy to fine-tune instead of a fresh actor-critic (``policy=``
+        on the command line): a saved :class:`policies.vla.native.NativeVLA` (token log-probs),
+        or a LeRobot SmolVLA / pi0 (:class:`policies.vla.flow_rl.FlowVLAActorCritic`: flow-SDE
+        log-probs, a value head on its prefix, the executed chunk as one decision)."""
         self.cfg = cfg = cfg or PPOConfig()
         spaces = obs_space.spaces
         self.device = torch.device(cfg.device)
@@ -176,6 +181,14 @@ class PPO(Learner):
                                      cfg.state_dependent_std, cfg.init_log_std, cfg.normalize_obs, cfg.clip_obs,
                                      cfg.feature_dim, cfg.channels, nvec=nvec).to(self.device)
         self.reads_instruction = hasattr(self.net, "instruction_ids")
+        self.chunked = int(getattr(self.net, "chunk_size", 1)) > 1  # a flow VLA: the chunk is the decision
+        if self.chunked:
+            played = int(getattr(self.net, "n_action_steps", self.net.chunk_size))
+            decisions = math.ceil(cfg.num_steps / played) * cfg.num_envs
+            if decisions < cfg.num_minibatches:
+                raise ValueError(f"learner.num_steps={cfg.num_steps} env steps per env play {played}-step chunks: "
+                                 f"{decisions} chunk decisions per rollout do not fill learner.num_minibatches="
+                                 f"{cfg.num_minibatches}; raise num_steps or lower num_minibatches")
         self.opt = FlatAdam(self.net.parameters(), lr=cfg.lr, eps=1e-5, max_grad_norm=cfg.max_grad_norm)
         self.return_stats = np.array([0.0, 1.0, 1e-4])  # running mean, var, count of the discounted return
         self.returns = np.zeros(cfg.num_envs)  # discounted return of each env's running episode
@@ -222,8 +235,18 @@ class PPO(Learner):
         reward = d["reward"]
         if cfg.normalize_reward:
             reward = self.scale_rewards(reward, d["terminated"] | d["truncated"], mask if ragged else None)
-        adv, ret = gae(reward, d["value"], d["terminated"], d["truncated"], d["final_value"],
-                       np.asarray(last_value, np.float32), cfg.gamma, cfg.gae_lambda, lengths=rollout.length)
+        metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
+        if self.chunked:  # one decision per chunk drawn (a semi-MDP; see chunk_decisions)
+            adv, ret, train = self._decision_gae(rollout, reward, last_value)
+            ragged, rows = True, int(train.sum())
+            metrics["rollout/decisions"] = float(rows)
+            if rows < cfg.num_minibatches:
+                raise ValueError(f"a rollout with {rows} chunk decisions does not fill learner.num_minibatches="
+                                 f"{cfg.num_minibatches} minibatches: lengthen learner.num_steps or use fewer")
+        else:
+            adv, ret = gae(reward, d["value"], d["terminated"], d["truncated"], d["final_value"],
+                           np.asarray(last_value, np.float32), cfg.gamma, cfg.gae_lambda, lengths=rollout.length)
+            train = mask
         obs = {k: v for k, v in d["obs"].items() if k in ("state", "pixels")}
         if self.reads_instruction:  # strings -> ids into the policy's table of instructions, (rows, N)
             texts = [row if row is not None else [None] * cfg.num_envs for row in d["obs"]["instruction"]]
@@ -233,13 +256,30 @@ class PPO(Learner):
         flat = {"obs": obs, "action": d["action"],
                 "reward": reward, "extras": {**d["extras"], "log_prob": d["log_prob"], "value": d["value"],
                                              "advantage": adv, "return": ret}}
-        metrics = {"rollout/trained_steps": float(rows), "rollout/carried_in": float(rollout.carried.sum())}
-        pick = (lambda x: x[mask]) if ragged else (lambda x: x.reshape(-1, *x.shape[2:]))
+        pick = (lambda x: x[train]) if ragged else (lambda x: x.reshape(-1, *x.shape[2:]))
         t = tree_map(lambda x: torch.as_tensor(pick(x), device=self.device), flat)
         metrics.update(self.update(Batch(obs=t["obs"], action=t["action"], reward=t["reward"], discount=None,
                                          next_obs={}, extras=t["extras"])))
         metrics["reward/rollout_mean"] = float(d["reward"][mask].mean())
         return metrics
+
+    def _decision_gae(self, rollout, reward: np.ndarray, last_value) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """GAE over the chunk decisions of a chunked policy's rollout, written back at the rows
+        the chunks were drawn at -> (advantage, return, the decision rows that train)."""
+        d, cfg = rollout.data, self.cfg
+        dec = chunk_decisions(d["extras"]["chunk_index"], reward, d["terminated"], d["truncated"], d["final_value"],
+                              rollout.length, cfg.gamma)
+        cols = np.broadcast_to(np.arange(rollout.num_envs), dec.rows.shape)
+        real = dec.rows >= 0
+        value = np.zeros(dec.rows.shape, np.float32)
+        value[real] = d["value"][dec.rows[real], cols[real]]
+        adv_d, ret_d = gae(dec.reward, value, dec.terminated, dec.truncated, dec.final_value,
+                           np.asarray(last_value, np.float32), dec.discount, cfg.gae_lambda, lengths=dec.lengths)
+        adv, ret = np.zeros(reward.shape, np.float32), np.zeros(reward.shape, np.float32)
+        adv[dec.rows[real], cols[real]], ret[dec.rows[real], cols[real]] = adv_d[real], ret_d[real]
+        drawn = np.zeros(reward.shape, bool)
+        drawn[dec.rows[real], cols[real]] = True
+        return adv, ret, rollout.mask & drawn
 
     # ------------------------------------------------------------------ loss terms
     def _rollout_rows(self, batch: Batch) -> dict[str, Any]:
@@ -249,7 +289,9 @@ class PPO(Learner):
             raise ValueError(f"PPO trains on rollout batches: batch.extras lacks {missing} "
                              "(the training loop builds them with update_rollout)")
         ex = batch.extras
-        if self.cfg.head == "categorical":
+        if "flow_path" in ex:  # a flow VLA's chunk: its packed denoising path
+            sample = ex["flow_path"]
+        elif self.cfg.head == "categorical":
             sample = ex["tokens"] if "tokens" in ex else self.net.tokens_of(batch.action.to(self.device))
         else:
             sample = ex["raw_action"] if "raw_action" in ex else batch.action
@@ -265,16 +307,18 @@ class PPO(Learner):
     def _terms(self, rows: Mapping[str, Any], diagnostics: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
         """The named loss terms of one minibatch (+ approx KL and clip fraction when asked)."""
         cfg = self.cfg
-        feats = self.net.features(rows["obs"])
-        params = self.net.dist_params(feats)
-        log_prob = self.net.log_prob(params, rows["sample"])
+        if hasattr(self.net, "evaluate"):  # a flow VLA: log-prob of the stored path, V, (constant) entropy
+            log_prob, value, entropy = self.net.evaluate(rows["obs"], rows["sample"])
+        else:
+            feats = self.net.features(rows["obs"])
+            params = self.net.dist_params(feats)
+            log_prob, value, entropy = self.net.log_prob(params, rows["sample"]), self.net.value_of(feats), None
         adv = rows["advantage"]
         if cfg.norm_adv and adv.numel() > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         policy_loss, ratio = clipped_surrogate(log_prob, rows["log_prob"], adv, cfg.clip_coef)
-        value_loss = clipped_value_loss(self.net.value_of(feats), rows["value"], rows["return"],
-                                        cfg.clip_coef if cfg.clip_vloss else None)
-        entropy = self.net.entropy(params).mean()
+        value_loss = clipped_value_loss(value, rows["value"], rows["return"], cfg.clip_coef if cfg.clip_vloss else None)
+        entropy = (self.net.entropy(params) if entropy is None else entropy).mean()
         info = {}
         if diagnostics:
             with torch.no_grad():
@@ -366,11 +410,25 @@ def check_finetune_policy(policy, obs_space, action_space, cfg: PPOConfig):
     """A loaded policy PPO can fine-tune: a token policy (categorical head, a value head), one
     action per step, fitting the env; one-line errors otherwise."""
     from policies.base import check_base
+    from policies.vla.flow_rl import FlowVLAActorCritic, is_flow_vla
 
+    if is_flow_vla(policy):  # a LeRobot SmolVLA / pi0: a value head on its prefix, sampled along the flow SDE
+        policy = FlowVLAActorCritic(base=policy, noise_level=cfg.flow_noise_level, critic_hidden=cfg.hidden,
+                                    seed=cfg.seed)
+    if isinstance(policy, FlowVLAActorCritic):
+        if cfg.temperature is not None:
+            raise ValueError("learner.temperature applies to token policies; a flow VLA's exploration is "
+                             "learner.flow_noise_level")
+        check_action_space(action_space, "gaussian")
+        check_base(policy, obs_space, action_space, "policy")
+        policy.requires_grad_(True)
+        policy.train()
+        return policy
     missing = [m for m in ("features", "dist_params", "log_prob", "value_of", "tokens_of") if not hasattr(policy, m)]
     if missing or getattr(policy, "head", None) != "categorical":
         raise ValueError(f"policy={getattr(policy, 'kind', type(policy).__name__)} cannot be fine-tuned by PPO: it is "
-                         "not a token policy with a value head (a saved native VLA is)")
+                         "neither a token policy with a value head (a saved native VLA) nor a LeRobot flow VLA "
+                         "(SmolVLA, pi0)")
     if int(getattr(policy, "chunk_size", 1)) != 1:
         raise ValueError(f"PPO fine-tunes one action per step, but the policy predicts chunks of "
                          f"{policy.chunk_size}: behaviour-clone it with learner.chunk=1")

@@ -27,6 +27,7 @@ usable prefix always ends at an episode end, so GAE never needs a reward it lack
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -49,8 +50,11 @@ def gae(reward: np.ndarray, value: np.ndarray, terminated: np.ndarray, truncated
 
     ``lengths`` (N,): env ``n`` holds only its first ``lengths[n]`` rows (a ragged rollout);
     its last step bootstraps from ``last_value[n]`` and the rows after it are 0.
+    ``gamma`` may be a ``(T, N)`` array: a semi-MDP's ``gamma ** steps`` per decision
+    (:func:`chunk_decisions`).
     """
     T, N = reward.shape[:2]
+    gamma = np.broadcast_to(np.asarray(gamma, np.float32), reward.shape)
     lengths = np.full(N, T) if lengths is None else np.asarray(lengths, np.int64)
     last_value = np.asarray(last_value, np.float32)
     next_value = np.zeros(reward.shape, np.float32)
@@ -61,8 +65,8 @@ def gae(reward: np.ndarray, value: np.ndarray, terminated: np.ndarray, truncated
     adv = np.zeros(reward.shape, np.float32)
     running = np.zeros(reward.shape[1:], np.float32)
     for t in reversed(range(T)):
-        delta = reward[t] + gamma * np.where(terminated[t], 0.0, next_value[t]) - value[t]
-        running = delta + gamma * lam * np.where(terminated[t] | truncated[t], 0.0, running)
+        delta = reward[t] + gamma[t] * np.where(terminated[t], 0.0, next_value[t]) - value[t]
+        running = delta + gamma[t] * lam * np.where(terminated[t] | truncated[t], 0.0, running)
         running = np.where(t < lengths, running, 0.0)
         adv[t] = running
     return adv, (adv + value).astype(np.float32)
@@ -123,6 +127,60 @@ def _rows(store: Any, ts: np.ndarray, ns: np.ndarray) -> Any:
     if isinstance(store, list):
         return [store[t][n] for t, n in zip(ts, ns)]
     return store[ts, ns]
+
+
+@dataclass
+class Decisions:
+    """A rollout of a chunked policy collapsed to its decisions (see :func:`chunk_decisions`);
+    ``(D, N)`` arrays, env ``n``'s first ``lengths[n]`` rows real."""
+    rows: np.ndarray  # (D, N) int: the rollout row each decision was drawn at (-1 past lengths)
+    steps: np.ndarray  # (D, N) int: env steps the decision's chunk played
+    reward: np.ndarray  # (D, N): sum_k gamma^k r over those steps
+    discount: np.ndarray  # (D, N): gamma ** steps
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_value: np.ndarray
+    lengths: np.ndarray  # (N,)
+
+
+def chunk_decisions(chunk_index: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                    final_value: np.ndarray, lengths: np.ndarray, gamma: float) -> Decisions:
+    """A chunked policy's rollout as a semi-MDP: a decision at every row whose chunk was drawn
+    there (``chunk_index == 0``); it lasts until the next decision or the env's last row, and
+    carries the discounted reward of those steps, ``gamma ** steps`` as its discount, and the
+    end flags (and the true final value) of its last step. An episode end always ends a
+    decision (the executor draws afresh after a reset); each env's rows must begin with one."""
+    chunk_index = np.asarray(chunk_index)
+    T, N = reward.shape
+    per_env = []
+    for n in range(N):
+        m = int(lengths[n])
+        starts = np.flatnonzero(chunk_index[:m, n] == 0)
+        if m and (not starts.size or starts[0] != 0):
+            raise ValueError(f"env {n}'s rollout rows begin mid-chunk (chunk_index {int(chunk_index[0, n])}): a chunked "
+                             "policy's rollout must start where its chunks are drawn (the loop resets the executor)")
+        ends = np.append(starts[1:], m) - 1
+        done = (terminated[:m, n] | truncated[:m, n])
+        inner = np.flatnonzero(done[:-1] if m else done)
+        if inner.size and not np.isin(inner + 1, starts).all():
+            raise ValueError(f"env {n}: an episode ended inside a chunk without a new chunk drawn after it")
+        per_env.append((starts, ends))
+    D = max((len(s) for s, _ in per_env), default=0)
+    out = Decisions(rows=np.full((D, N), -1, np.int64), steps=np.zeros((D, N), np.int64),
+                    reward=np.zeros((D, N), np.float32), discount=np.ones((D, N), np.float32),
+                    terminated=np.zeros((D, N), bool), truncated=np.zeros((D, N), bool),
+                    final_value=np.zeros((D, N), np.float32), lengths=np.zeros(N, np.int64))
+    for n, (starts, ends) in enumerate(per_env):
+        k = len(starts)
+        out.lengths[n] = k
+        out.rows[:k, n], out.steps[:k, n] = starts, ends - starts + 1
+        for j, (a, b) in enumerate(zip(starts, ends)):
+            powers = gamma ** np.arange(b - a + 1)
+            out.reward[j, n] = float((powers * reward[a:b + 1, n]).sum())
+        out.discount[:k, n] = gamma ** out.steps[:k, n]
+        out.terminated[:k, n], out.truncated[:k, n] = terminated[ends, n], truncated[ends, n]
+        out.final_value[:k, n] = final_value[ends, n]
+    return out
 
 
 class RolloutBuffer:
