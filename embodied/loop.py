@@ -81,6 +81,11 @@ class Trainer:
         self.learner = build_learner(cfg.learner, obs_space, act_space, device=cfg.device, offline=self.offline,
                                      base_policy=cfg.get("base_policy"), policy=cfg.get("policy"))
         self.sample_rows = self.learner.rows_per_update
+        if hasattr(self.learner, "attach_replay"):  # model-based: the model trains on the whole replay
+            self.learner.attach_replay(self.online)
+        self._windows_online = None  # sequence windows for a learner that trains on them (world models)
+        if hasattr(self.learner, "sequence_length") and self.eval_env is not None:
+            self._check_sequence_length()
         self.collector = None  # on-policy learners: the rollout being collected
         if self.learner.on_policy and self.venv is not None:
             self.collector = RolloutCollector(self.learner.cfg.num_steps, cfg.train.num_envs, inputs,
@@ -116,6 +121,17 @@ class Trainer:
             raise ValueError(f"train.curriculum=true needs a multi-task env that samples its task per episode "
                              f"(env=lang_reach); env {self.cfg.env.name} has one task")
         return TaskCurriculum(tasks)
+
+    def _check_sequence_length(self) -> None:
+        limit = getattr(getattr(self.eval_env, "spec", None), "max_episode_steps", None)
+        inner = self.eval_env
+        while limit is None and hasattr(inner, "env"):  # a TimeLimit somewhere inside the wrappers
+            limit = getattr(inner, "_max_episode_steps", None)
+            inner = inner.env
+        length = int(self.learner.sequence_length)
+        if limit is not None and length > int(limit):
+            raise ValueError(f"learner.sequence_length={length} is longer than env {self.cfg.env.name}'s episodes "
+                             f"({limit} steps): windows never cross episodes, so set learner.sequence_length <= {limit}")
 
     def _check_episodic_room(self) -> None:
         """On-policy + episode rewards: the replay holds each step until its episode's labels
@@ -240,7 +256,14 @@ class Trainer:
         return self.rng.uniform(-1, 1, shape).astype(np.float32)
 
     def _update(self) -> dict[str, float]:
-        batch = self.replay.sample_torch(self.sample_rows, device=self.learner.device)
+        if hasattr(self.learner, "sequence_length"):  # windows of consecutive steps (world models)
+            if self._windows_online is None:
+                from embodied.replay import SequenceSampler
+
+                self._windows_online = SequenceSampler(self.online, self.learner.sequence_length)
+            batch = self._windows_online.sample_torch(self.sample_rows, device=self.learner.device)
+        else:
+            batch = self.replay.sample_torch(self.sample_rows, device=self.learner.device)
         self.counters["updates"] += 1
         return self.learner.update(batch)
 
@@ -273,7 +296,8 @@ class Trainer:
         self.labeler.poll()
         metrics.update(self.labeler.maybe_feedback(step))
         if step >= cfg.train.learning_starts and len(self.replay) > 0:
-            self.counters["debt"] = min(self.counters["debt"] + n, cfg.train.max_update_debt)
+            owed = n * float(getattr(self.learner, "updates_per_step", 1.0))  # world models: 1 per train_every steps
+            self.counters["debt"] = min(self.counters["debt"] + owed, cfg.train.max_update_debt)
             while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self.replay.num_labeled() >= self.sample_rows:
                 metrics.update(self._update())
                 self.counters["debt"] -= 1
@@ -405,10 +429,28 @@ class Trainer:
         video = self.dir / "videos" / name if self.cfg.eval.video_episodes > 0 else None
         result = evaluate(self.learner.policy(), self.eval_env, self.cfg.eval.episodes,
                           seed=self.cfg.seed + 100_000, video_path=video, video_episodes=self.cfg.eval.video_episodes)
+        if hasattr(self.learner, "imagined_frames") and len(self.online) and self.cfg.eval.video_episodes > 0:
+            self._imagined_video(step)
         logger.log(step, result)
         logger.plot()
         log.info("eval at %d steps: success %.2f return %.2f", step, result["eval/success"], result["eval/return"])
         return result
+
+    def _imagined_video(self, step: int) -> None:
+        """``videos/imagined_<step>.mp4``: a replay window, real frames beside the world model's
+        (filtered for 5 steps, then predicted open loop from the real actions)."""
+        from embodied.replay import SequenceSampler
+        from envs.wrappers import VideoRecorder
+
+        try:
+            window = SequenceSampler(self.online, self.learner.sequence_length).sample_torch(1, self.learner.device)
+        except ValueError:  # nothing sampleable yet
+            return
+        frames = self.learner.imagined_frames(window)
+        if frames is not None:
+            with VideoRecorder(self.dir / "videos" / f"imagined_{step:08d}.mp4", fps=10) as rec:
+                for frame in frames:
+                    rec.add(frame)
 
     def close(self) -> None:
         if self.recorder is not None:

@@ -65,7 +65,10 @@ def make_env(
     pixels: add ``obs["pixels"] = {camera: (image_size, image_size, 3) uint8}``.
     cameras: camera names (default: the env's main camera); unknown names raise.
     max_episode_steps: time limit (default: the task's own), ends with ``truncated=True``.
-    task_kwargs: passed to the task (e.g. ``distractors=2`` for ``reach``).
+    task_kwargs: passed to the task (e.g. ``distractors=2`` for ``reach``; ``background=a`` and
+    ``moving_distractors=3`` for moving visual distractors of the built-in tasks), except
+    ``distractor_dims`` / ``distractor_seed`` (any env with a state: chaotic dimensions appended
+    to it, envs/distractors.py).
     """
     if not isinstance(name, str):
         raise ValueError(f"env name must be a string such as 'reach', got {name!r}")
@@ -73,11 +76,17 @@ def make_env(
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     if cameras is not None and not pixels:
         raise ValueError(f"{name}: cameras={cameras!r} given but pixels=False; set pixels=True")
+    dims = int(task_kwargs.pop("distractor_dims", 0) or 0)
+    dims_seed = int(task_kwargs.pop("distractor_seed", 0) or 0)
     factory, args = _resolve(name)
     if args and task_kwargs.get("task", None) is None:
         task_kwargs.pop("task", None)  # the name chose the task (lang_reach/blue); a config's `task: null` is not a second one
     env = factory(*args, pixels=bool(pixels), cameras=cameras, image_size=int(image_size),
                   max_episode_steps=max_episode_steps, **task_kwargs)
+    if dims:  # chaotic task-uncorrelated state dimensions, any family (envs/distractors.py)
+        from envs.distractors import DistractorDims
+
+        env = DistractorDims(env, dims, seed=dims_seed)
     return SeedFirstReset(env, seed)
 
 

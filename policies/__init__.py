@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "native_vla": "policies.vla.native:NativeVLA",
     "autoregressive_vla": "policies.vla.autoregressive:AutoregressiveVLA",
     "flow_vla": "policies.vla.flow_rl:FlowVLAActorCritic",
+    "world_model_actor": "policies.world_model:LatentPolicy",
 }
 
 

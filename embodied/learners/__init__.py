@@ -17,6 +17,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "bc": ("embodied.learners.bc", "BC", "BCConfig"),
     "residual": ("embodied.learners.residual", "Residual", "ResidualConfig"),
     "vla": ("embodied.learners.vla", "VLABC", "VLAConfig"),
+    "world_model": ("embodied.learners.world_model", "WorldModel", "WorldModelConfig"),
 }
 
 

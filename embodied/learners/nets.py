@@ -43,14 +43,15 @@ class EnsembleLayerNorm(nn.Module):
         return torch.addcmul(self.bias, nn.functional.layer_norm(x, x.shape[-1:]), self.weight)
 
 
-def ensemble_mlp(members: int, sizes: list[int], layer_norm: bool = False) -> nn.Sequential:
+def ensemble_mlp(members: int, sizes: list[int], layer_norm: bool = False,
+                 activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """``members`` MLPs as one module: (E, B, sizes[0]) -> (E, B, sizes[-1]); Linear-(LayerNorm)-ReLU
-    hidden layers, a linear last layer (the same layout as :func:`policies.actor.mlp`)."""
+    hidden layers (or another ``activation``), a linear last layer (the layout of :func:`policies.actor.mlp`)."""
     layers: list[nn.Module] = []
     for d_in, d_out in zip(sizes[:-2], sizes[1:-1]):
         layers.append(EnsembleLinear(members, d_in, d_out))
         layers += [EnsembleLayerNorm(members, d_out)] if layer_norm else []
-        layers.append(nn.ReLU())
+        layers.append(activation())
     return nn.Sequential(*layers, EnsembleLinear(members, sizes[-2], sizes[-1]))
 
 

@@ -81,6 +81,8 @@ class TabletopEnv(gym.Env):
         sparse_reward: bool = False,
         distractors: int = 0,
         randomize_colors: bool = False,
+        background: str | None = None,
+        moving_distractors: int = 0,
         proprio_only: bool = False,
         render_mode: str | None = "rgb_array",
         block: bool = False,
@@ -100,6 +102,18 @@ class TabletopEnv(gym.Env):
         self.terminate_on_success = bool(terminate_on_success)
         self.sparse_reward = bool(sparse_reward)
         self.distractors, self.randomize_colors = int(distractors), bool(randomize_colors)
+        if background is not None and randomize_colors:
+            raise ValueError(f"{self.name}: background and randomize_colors both recolour the table; use one")
+        if moving_distractors and background is None:
+            raise ValueError(f"{self.name}: moving_distractors move across the background layer; set background=a or b")
+        if background is not None:
+            from envs.distractors import PALETTES
+
+            if background not in PALETTES:
+                raise ValueError(f"{self.name}: background must be one of {sorted(PALETTES)} or null, got {background!r}")
+        self.background, self.moving_distractors = background, int(moving_distractors)
+        self._backgrounds: dict[int, Any] = {}  # per frame size: this episode's moving background
+        self._background_seed = 0
         self.proprio_only = bool(proprio_only)
         self.render_mode = render_mode
         buffer = max(self.image_size, self.render_size)
@@ -108,6 +122,11 @@ class TabletopEnv(gym.Env):
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
         self._table_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "table")
+        if self.background is not None:  # table and wall in the key colour the background replaces
+            from envs.distractors import KEY_RGBA
+
+            for name in ("table", "wall"):
+                self.model.geom_rgba[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, name)] = KEY_RGBA
         self._marker_geoms = [
             mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"marker{i}")
             for i in range(1 + self.distractors)
@@ -143,6 +162,8 @@ class TabletopEnv(gym.Env):
         if self.randomize_colors:
             self.model.geom_rgba[self._table_geom, :3] = self.np_random.uniform(0.45, 0.95, 3)
         self._sample_task()
+        if self.background is not None:
+            self._backgrounds, self._background_seed = {}, int(self.np_random.integers(2**31))
         self.data.ctrl[:2] = self.data.qpos[self._grip_qpos]
         self._mj.mj_forward(self.model, self.data)
         self._d0 = max(self._task_distance(), 1e-6)
@@ -155,6 +176,8 @@ class TabletopEnv(gym.Env):
         self.data.ctrl[0] = min(max(gx + step * min(max(ax, -1.0), 1.0), -w), w)
         self.data.ctrl[1] = min(max(gy + step * min(max(ay, -1.0), 1.0), -w), w)
         self._mj.mj_step(self.model, self.data, nstep=self.frame_skip)
+        for background in self._backgrounds.values():
+            background.step()
         dist = self._task_distance()
         info = self._info(dist)
         terminated = bool(self.terminate_on_success and info["success"])
@@ -203,7 +226,17 @@ class TabletopEnv(gym.Env):
                 flags[flag] = False
             self._renderers[size] = renderer
         renderer.update_scene(self.data, camera=camera)
-        return renderer.render()
+        frame = renderer.render()
+        if self.background is None:
+            return frame
+        from envs.distractors import Background, composite
+
+        background = self._backgrounds.get(size)
+        if background is None:  # every frame size draws the same episode's pattern
+            background = Background(np.random.default_rng(self._background_seed), size, self.background,
+                                    self.moving_distractors)
+            self._backgrounds[size] = background
+        return composite(frame, background.layer())
 
     def _obs(self) -> dict[str, Any]:
         state = self._state()
