@@ -83,6 +83,8 @@ class Trainer:
         self.sample_rows = self.learner.rows_per_update
         if hasattr(self.learner, "attach_replay"):  # model-based: the model trains on the whole replay
             self.learner.attach_replay(self.online)
+        if cfg.train.get("adapt_from"):  # RePo's test-time adaptation of a trained run to this env
+            self._start_adaptation(str(cfg.train.adapt_from), obs_space, act_space)
         self._windows_online = None  # sequence windows for a learner that trains on them (world models)
         if hasattr(self.learner, "sequence_length") and self.eval_env is not None:
             self._check_sequence_length()
@@ -121,6 +123,31 @@ class Trainer:
             raise ValueError(f"train.curriculum=true needs a multi-task env that samples its task per episode "
                              f"(env=lang_reach); env {self.cfg.env.name} has one task")
         return TaskCurriculum(tasks)
+
+    def _start_adaptation(self, source: str, obs_space, act_space) -> None:
+        """Load the source run's learner and its saved replay; the learner then adapts its encoder
+        (``start_adaptation``) and acts with the source policy from the first step."""
+        from embodied.replay import Replay
+
+        if not hasattr(self.learner, "start_adaptation"):
+            raise ValueError("train.adapt_from adapts a latent world model's encoder to a new visual domain: use "
+                             "learner=world_model objective=repo (the source run's settings)")
+        found = checkpoint.latest(Path(source).expanduser() / "checkpoints")
+        state = checkpoint.load(found) if found is not None else {}
+        if "online" not in state or "learner" not in state:
+            raise ValueError(f"train.adapt_from={source} holds no saved source replay: pass the embodied-train run "
+                             "folder of the source run (its checkpoints/ keep the learner and the replay)")
+        meta = [int(x) for x in np.asarray(state["online"]["meta"])]
+        replay = Replay(meta[0], obs_space, act_space, n_step=meta[2], final_capacity=meta[1], seed=self.cfg.seed)
+        try:
+            replay.load_state_dict(state["online"])
+            self.learner.load_state_dict(state["learner"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"train.adapt_from={source} was trained with other settings than this run "
+                             f"({str(err).splitlines()[0]}): adapt with the source run's learner and env settings, "
+                             "changing only what the new domain changes") from None
+        self.learner.start_adaptation(replay)
+        log.info("adapting %s (%d source steps) to env %s", source, len(replay), self.cfg.env.name)
 
     def _check_sequence_length(self) -> None:
         limit = getattr(getattr(self.eval_env, "spec", None), "max_episode_steps", None)
@@ -239,7 +266,8 @@ class Trainer:
         """What acts now: during warm-up uniform random actions (or the learner's own warm-up
         policy: a residual's base plus noise), then the learner's policy through the chunk
         executor (one action queue per env, reset by the Driver)."""
-        if self.counters["env_steps"] < self.cfg.train.warmup_steps:
+        adapting = getattr(self.learner, "adapting", False)  # a trained policy acts from the first step
+        if self.counters["env_steps"] < self.cfg.train.warmup_steps and not adapting:
             if not hasattr(self.learner, "warmup_policy"):
                 return self._random
             if self._warmup is None:

@@ -26,8 +26,19 @@ LEARNERS = {
     "vla": {"hidden": [32, 32], "value_hidden": [16], "batch_size": 8, "feature_dim": 8, "channels": 8, "bins": 11,
             "text": "learned", "text_dim": 16},
 }
+LEARNERS.update({  # "<registry name>/<objective>": the world model's two kinds
+    "world_model/repo": {"sequence_length": 6, "batch_size": 3, "embed": 8, "depth": 4, "deter": 8, "stoch": 4,
+                         "hidden": 8, "head_hidden": [8], "actor_hidden": [8], "horizon": 3},
+    "world_model/vagram": {"batch_size": 8, "ensemble": 3, "elites": 2, "model_hidden": [8], "model_every": 3,
+                           "model_train_steps": 2, "model_batch": 8, "rollout_batch": 8, "sac_utd": 2,
+                           "sac_hidden": [16], "real_ratio": 0.5},
+})
 LANGUAGE = {"vla"}  # read obs["instruction"]; and camera images by definition: learner=vla refuses an env without
-CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True) if pixels or name not in LANGUAGE]
+PIXELS_ONLY = LANGUAGE | {"world_model/repo"}  # a latent model of camera frames
+STATE_ONLY = {"world_model/vagram"}  # a model of the state vector
+SEQUENCES = {"world_model/repo"}  # trains on windows of consecutive steps (embodied.replay.SequenceSampler)
+CASES = [(name, pixels) for name in LEARNERS for pixels in (False, True)
+         if (pixels or name not in PIXELS_ONLY) and not (pixels and name in STATE_ONLY)]
 IDS = [f"{name}-{'pixels' if pixels else 'state'}" for name, pixels in CASES]
 
 
@@ -66,7 +77,17 @@ def build(name: str, pixels: bool):
     objects = None
     if name == "residual":
         objects = {"base": policies.load_policy(base_folder()), "base_source": base_folder()}
-    return make_learner(name, obs_space(pixels, name in LANGUAGE), spaces.Box(-1, 1, (2,), np.float32), objects, **LEARNERS[name])
+    registry, _, objective = name.partition("/")
+    kw = {**LEARNERS[name], **({"objective": objective} if objective else {})}
+    space = obs_space(pixels, name in LANGUAGE)
+    if name in SEQUENCES:
+        space = spaces.Dict({"pixels": space["pixels"]})
+    learner = make_learner(registry, space, spaces.Box(-1, 1, (2,), np.float32), objects, **kw)
+    if hasattr(learner, "attach_replay"):  # model-based: the loop hands it the replay
+        from test_world_model import filled_replay
+
+        learner.attach_replay(filled_replay(dim=5))
+    return learner
 
 
 def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator, name: str = "") -> dict:
@@ -79,6 +100,10 @@ def numpy_obs(rows: int, pixels: bool, rng: np.random.Generator, name: str = "")
 
 
 def batch(rows: int, pixels: bool, seed: int = 0, name: str = "") -> Batch:
+    if name in SEQUENCES:  # windows: obs (B, L + 1, ...), action / reward / flags / mask (B, L)
+        from test_world_model import windows
+
+        return windows(rows, LEARNERS[name]["sequence_length"], seed)
     rng = np.random.default_rng(seed)
 
     def tensors(obs):
@@ -163,6 +188,8 @@ def test_policy_weights_load_into_a_policy_rebuilt_from_its_spec(name, pixels):
     remote = policies.from_spec(learner.policy().spec())
     remote.load_state_dict(learner.policy_weights())
     obs = numpy_obs(4, pixels, np.random.default_rng(5), name)
+    if name in SEQUENCES:
+        obs.pop("state")
     want = learner.policy().act(obs, deterministic=True)
     np.testing.assert_allclose(remote.act(obs, deterministic=True), want, rtol=1e-6, atol=1e-6)
     step = remote.step(obs, deterministic=True)

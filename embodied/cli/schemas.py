@@ -29,6 +29,7 @@ class TrainSection:
     record_fps: int = num(ge=1)
     threads: int = num(ge=1)
     curriculum: bool = False
+    adapt_from: str | None = None
 
 
 @dataclass
@@ -120,11 +121,11 @@ def check_train_config(cfg) -> None:
         if cfg.learner.name != "ppo":
             raise ValueError(f"policy= (a saved policy to fine-tune) is read by learner=ppo only; "
                              f"learner={cfg.learner.name} ignores it")
-        from pathlib import Path
+        from policies.base import base_kind
 
-        if not Path(str(cfg.policy)).expanduser().is_dir():
-            raise FileNotFoundError(f"policy={cfg.policy} does not exist: give a learner=vla run folder or a saved "
-                                    "policy folder")
+        base_kind(str(cfg.policy), "policy")  # a folder (saved policy, run, LeRobot checkpoint) or a hub id
+    if t.get("adapt_from"):
+        check_adaptation(cfg)
     if cfg.env.name == "none":
         if not t.dataset:
             raise ValueError("env=none trains from a dataset alone: set train.dataset=<LeRobotDataset path>")
@@ -216,3 +217,19 @@ def check_eval_config(cfg) -> None:
     if cfg.env.get("init_state_id") is not None or cfg.env.get("init_state_stride", 1) != 1:
         raise ValueError("env.init_state_id / env.init_state_stride are set by embodied-eval (episode i starts "
                          "from the task's fixed init state i); leave them at null / 1")
+
+
+def check_adaptation(cfg) -> None:
+    """``train.adapt_from``: RePo's test-time adaptation needs a world model and the source run's saved replay."""
+    from pathlib import Path
+
+    from embodied import checkpoint
+
+    if cfg.learner.name != "world_model" or cfg.learner.get("objective") != "repo":
+        raise ValueError("train.adapt_from adapts a RePo world model to a new visual domain: set learner=world_model "
+                         "objective=repo (the source run's settings)")
+    source = Path(str(cfg.train.adapt_from)).expanduser()
+    if checkpoint.latest(source / "checkpoints") is None:
+        raise FileNotFoundError(f"train.adapt_from={cfg.train.adapt_from} holds no saved source replay: pass the "
+                                "embodied-train run folder of the source run (its checkpoints/ keep the learner and "
+                                "the replay)")

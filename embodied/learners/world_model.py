@@ -173,9 +173,9 @@ class LatentWorldModel(WorldModel):
             self.cont_head = mlp(feat, cfg.head_hidden, 1).to(self.device)
             self.critic = mlp(feat, cfg.head_hidden, 1).to(self.device)
             self.decoder = ConvDecoder(feat, cams, cfg.depth).to(self.device) if cfg.objective == "recon" or cfg.probe else None
+            self.inverse = O.InverseDynamics(feat, self.action_dim, cfg.hidden).to(self.device)
             if cfg.objective == "infopower":
                 self.nce_w = nn.Parameter(torch.randn(feat, self.agent.encoder.out_dim, device=self.device) * 0.01)
-                self.inverse = O.InverseDynamics(feat, self.action_dim, cfg.hidden).to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.dual = None
         if cfg.objective == "repo":
@@ -187,6 +187,11 @@ class LatentWorldModel(WorldModel):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.probe_opt = (torch.optim.Adam(self.decoder.parameters(), lr=cfg.model_lr)
                           if self.decoder is not None and cfg.objective != "recon" else None)
+        # recon / repo: q(a_t | z_t, z_t+1) on detached latents (what RePo's test-time adaptation checks
+        # the adapted encoder against); infopower trains it as its empowerment term
+        self.inverse_opt = (torch.optim.Adam(self.inverse.parameters(), lr=cfg.model_lr)
+                            if cfg.objective != "infopower" else None)
+        self.adapting = False
         self.updates = 0
 
     # -- what the loop reads ----------------------------------------------------------------
@@ -327,14 +332,25 @@ class LatentWorldModel(WorldModel):
         out.update({k: v for k, v in self.behaviour_terms(posts, mask).items() if k.startswith("loss/")})
         if self.probe_opt is not None:
             out["loss/probe"] = self._recon_nll(posts.feat.detach(), batch, self.decoder)
+        if self.inverse_opt is not None:
+            out["loss/inverse"] = self._inverse_nll(posts.detach(), batch)
         if self.dual is not None:
             out["loss/dual"] = self.dual.loss(self.dual_violation(parts))
         return out
+
+    def _inverse_nll(self, posts: Latent, batch: Mapping[str, Any]) -> torch.Tensor:
+        """``-log q(a_t | z_t, z_t+1)`` over the real steps of the windows."""
+        mask = batch["mask"].to(self.device).float()
+        action = batch["action"].to(self.device).float()
+        nll = -self.inverse.log_prob(posts.feat[:, :-1], posts.feat[:, 1:], action)
+        return (nll * mask).sum() / mask.sum().clamp_min(1.0)
 
     def loss_owners(self) -> dict[str, list]:
         owners = {"loss/model": self.model_modules(), "loss/actor": [self.agent.actor], "loss/critic": [self.critic]}
         if self.probe_opt is not None:
             owners["loss/probe"] = [self.decoder]
+        if self.inverse_opt is not None:
+            owners["loss/inverse"] = [self.inverse]
         if self.dual is not None:
             owners["loss/dual"] = [self.dual.log_beta]
         return owners
@@ -352,6 +368,8 @@ class LatentWorldModel(WorldModel):
 
     def update(self, batch) -> dict[str, float]:
         cfg = self.cfg
+        if self.adapting:
+            return self.adapt(batch)
         with torch.random.fork_rng(devices=[]):  # the learner's own randomness: resumes exactly
             torch.set_rng_state(self.gen.get_state())
             parts, posts, mask, _ = self.model_terms(batch)
@@ -377,9 +395,77 @@ class LatentWorldModel(WorldModel):
                 probe = self._recon_nll(posts.feat.detach(), batch, self.decoder)
                 self._step(self.probe_opt, probe, list(self.decoder.parameters()))
                 metrics["loss/probe"] = probe.detach()
+            if self.inverse_opt is not None:
+                inverse = self._inverse_nll(posts.detach(), batch)
+                self._step(self.inverse_opt, inverse, list(self.inverse.parameters()))
+                metrics["loss/inverse"] = inverse.detach()
             self.gen.set_state(torch.get_rng_state())
         self.updates += 1
         return {k: float(v) for k, v in metrics.items()}
+
+    # -- RePo's test-time adaptation -----------------------------------------------------------
+    def start_adaptation(self, source_replay) -> None:
+        """Adapt to a new visual domain without rewards (RePo): from now on :meth:`update` trains only
+        the encoder (a copy of the source's; the source encoder is kept frozen) so that (1) a
+        discriminator cannot tell its embeddings of the new domain's frames from the source
+        encoder's embeddings of ``source_replay``'s frames, and (2) the frozen model stays
+        consistent on the new domain: its prior predicts the new posteriors (KL) and its inverse
+        dynamics recovers the actions taken from them. Everything else is frozen."""
+        from embodied.replay import SequenceSampler
+
+        if self.cfg.objective != "repo":
+            raise ValueError(f"test-time adaptation (train.adapt_from) is RePo's: the source run must be objective=repo, "
+                             f"not {self.cfg.objective}")
+        if len(source_replay) == 0:
+            raise ValueError("train.adapt_from: the source run's replay is empty")
+        self.adapting = True
+        self.source_windows = SequenceSampler(source_replay, self.cfg.sequence_length,
+                                              rng=np.random.default_rng(self.cfg.seed + 7))
+        self.source_encoder = copy.deepcopy(self.agent.encoder).requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 7)
+            self.discriminator = mlp(self.agent.encoder.out_dim, (256, 256), 1).to(self.device)
+        self.adapt_opt = torch.optim.Adam(self.agent.encoder.parameters(), lr=self.cfg.model_lr)
+        self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.model_lr)
+
+    def _embed(self, encoder, batch: Mapping[str, Any]) -> torch.Tensor:
+        obs = batch["obs"]
+        b, l1 = batch["action"].shape[0], batch["action"].shape[1] + 1
+        flat = {"pixels": {c: x.to(self.device).reshape(b * l1, *x.shape[2:]) for c, x in obs["pixels"].items()}}
+        if encoder.state_dim:
+            flat["state"] = obs["state"].to(self.device).float().reshape(b * l1, -1)
+        return encoder(flat).view(b, l1, -1)
+
+    def adapt(self, batch) -> dict[str, float]:
+        """One adaptation step on a window batch of the new domain (its rewards are not read)."""
+        bce = nn.functional.binary_cross_entropy_with_logits
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.gen.get_state())
+            source = self.source_windows.sample_torch(batch["action"].shape[0], self.device)
+            mask = batch["mask"].to(self.device).float()
+            valid = torch.cat([torch.ones_like(mask[:, :1]), mask], 1).bool()
+            src_valid = torch.cat([torch.ones_like(source["mask"][:, :1]), source["mask"]], 1).bool().to(self.device)
+            with torch.no_grad():
+                e_src = self._embed(self.source_encoder, source)[src_valid]
+            e_new = self._embed(self.agent.encoder, batch)
+            d_src, d_new = self.discriminator(e_src), self.discriminator(e_new[valid].detach())
+            disc = bce(d_src, torch.ones_like(d_src)) + bce(d_new, torch.zeros_like(d_new))
+            self._step(self.disc_opt, disc, list(self.discriminator.parameters()))
+            frozen_parts = [self.agent.rssm, self.inverse, self.discriminator]
+            with frozen(*frozen_parts):
+                fool = self.discriminator(e_new[valid])
+                fool = bce(fool, torch.ones_like(fool))
+                posts, priors = self.agent.rssm.observe(e_new, batch["action"].to(self.device).float())
+                n = mask.sum().clamp_min(1.0)
+                kl = (O.kl_gauss(posts.mean[:, 1:], posts.std[:, 1:], priors.mean, priors.std) * mask).sum() / n
+                inverse = self._inverse_nll(posts, batch)
+                loss = fool + kl + inverse
+                self._step(self.adapt_opt, loss, list(self.agent.encoder.parameters()))
+            self.gen.set_state(torch.get_rng_state())
+        self.updates += 1
+        accuracy = 0.5 * ((d_src > 0).float().mean() + (d_new < 0).float().mean())
+        return {"adapt/discriminator": float(disc), "adapt/fool": float(fool), "adapt/kl": float(kl),
+                "adapt/inverse_nll": float(inverse), "adapt/discriminator_accuracy": float(accuracy)}
 
     # -- diagnostics ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -416,10 +502,18 @@ class LatentWorldModel(WorldModel):
             out["decoder"] = self.decoder.state_dict()
         if self.probe_opt is not None:
             out["probe_opt"] = self.probe_opt.state_dict()
+        out["inverse"] = self.inverse.state_dict()
+        if self.inverse_opt is not None:
+            out["inverse_opt"] = self.inverse_opt.state_dict()
         if self.cfg.objective == "infopower":
-            out["nce_w"], out["inverse"] = self.nce_w.detach().clone(), self.inverse.state_dict()
+            out["nce_w"] = self.nce_w.detach().clone()
         if self.dual is not None:
             out["dual"], out["dual_opt"] = self.dual.state_dict(), self.dual.opt.state_dict()
+        if self.adapting:
+            out["adaptation"] = {"source_encoder": self.source_encoder.state_dict(),
+                                 "discriminator": self.discriminator.state_dict(),
+                                 "adapt_opt": self.adapt_opt.state_dict(), "disc_opt": self.disc_opt.state_dict(),
+                                 "source_rng": json_rng(self.source_windows._rng)}
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -431,10 +525,19 @@ class LatentWorldModel(WorldModel):
             self.decoder.load_state_dict(state["decoder"])
         if self.probe_opt is not None:
             self.probe_opt.load_state_dict(optimizer_state(state["probe_opt"]))
+        self.inverse.load_state_dict(state["inverse"])
+        if self.inverse_opt is not None and "inverse_opt" in state:
+            self.inverse_opt.load_state_dict(optimizer_state(state["inverse_opt"]))
         if self.cfg.objective == "infopower":
             with torch.no_grad():
                 self.nce_w.copy_(state["nce_w"])
-            self.inverse.load_state_dict(state["inverse"])
+        if self.adapting and "adaptation" in state:  # resuming an adaptation run (the source's state has none)
+            a = state["adaptation"]
+            self.source_encoder.load_state_dict(a["source_encoder"])
+            self.discriminator.load_state_dict(a["discriminator"])
+            self.adapt_opt.load_state_dict(optimizer_state(a["adapt_opt"]))
+            self.disc_opt.load_state_dict(optimizer_state(a["disc_opt"]))
+            self.source_windows._rng = rng_from_json(a["source_rng"])
         if self.dual is not None:
             self.dual.load_state_dict(state["dual"])
             self.dual.opt.load_state_dict(optimizer_state(state["dual_opt"]))
@@ -563,7 +666,19 @@ class MBPOWorldModel(WorldModel):
             target = torch.cat([held["next_state"] - held["state"], held["reward"][:, None]], -1)
             mse = ((mean - target) ** 2).mean((1, 2))
             self.elite_idx = mse.argsort()[: cfg.elites]
-        return {"loss/model": float(loss.detach()), "model/mse": float(mse[self.elite_idx].mean())}
+        return {"loss/model": float(loss.detach()), "model/mse": float(mse[self.elite_idx].mean()),
+                "model/value_error": self.value_error(held, mean[self.elite_idx, :, : self.state_dim].mean(0))}
+
+    @torch.no_grad()
+    def value_error(self, rows: Mapping[str, torch.Tensor], pred_delta: torch.Tensor) -> float:
+        """Mean ``|V(s') - V(s_hat')|`` over ``rows`` with ``V(x) = mean_k Q_k(x, mu(x))`` of SAC's critics:
+        the value error the model's next states induce (what VaGraM's loss targets)."""
+        def value(state):
+            feats = self.sac.encoder({"state": state})
+            action, _ = self.sac.actor(feats, deterministic=True)
+            return self.sac.critic(feats, action).mean(0)
+
+        return float((value(rows["next_state"]) - value(rows["state"] + pred_delta)).abs().mean())
 
     @torch.no_grad()
     def rollout(self) -> None:
