@@ -72,6 +72,7 @@ def last(run_dir: Path, key: str) -> float:
 
 def one(study: str, method: str, seed: int, root: Path, steps: int, episodes: int) -> dict:
     run_dir = root / study / f"{method}_{steps}_s{seed}"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     flags = STUDIES[study][method][1]
     cmd = [str(BIN / "embodied-train"), *flags, f"seed={seed}", f"train.total_steps={steps}", f"eval.every={steps}",
            f"eval.episodes={episodes}", "eval.video_episodes=1", f"checkpoint.every={steps}", "log.every=500",

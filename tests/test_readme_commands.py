@@ -50,6 +50,13 @@ TRAIN_TINY = ["train.warmup_steps=40", "train.learning_starts=40", "eval.episode
 PPO_TINY = ["learner.num_steps=32", "learner.num_minibatches=4", "learner.update_epochs=1", "learner.hidden=[16,16]",
             "train.total_steps=512", "eval.episodes=1", "eval.video_episodes=0", "checkpoint.every=256",
             "log.every=128", "wandb.mode=disabled"]  # on-policy: 32-step rollouts of every env (<= 8 envs)
+WM_TINY = ["learner.sequence_length=10", "learner.batch_size=4", "learner.embed=16", "learner.depth=4",
+           "learner.deter=16", "learner.stoch=4", "learner.hidden=16", "learner.head_hidden=[16]",
+           "learner.actor_hidden=[16]", "learner.horizon=4", "learner.train_every=4", "learner.model_every=40",
+           "learner.model_train_steps=4", "learner.rollout_batch=16", "learner.sac_utd=2", "learner.ensemble=3",
+           "learner.elites=2", "learner.model_hidden=[16]", "learner.sac_hidden=[16]", "train.warmup_steps=60",
+           "train.learning_starts=60", "train.total_steps=120", "eval.episodes=1", "eval.video_episodes=1",
+           "checkpoint.every=60", "log.every=40", "wandb.mode=disabled"]  # both kinds: latent and MBPO sizes
 ENV_TINY = ["env.image_size=32", "env.max_episode_steps=60"]  # not for env=none: it has no env settings
 LEROBOT_TINY = ["--policy.dim_model=32", "--policy.dim_feedforward=64", "--policy.n_heads=2",
                 "--policy.n_encoder_layers=1", "--policy.n_decoder_layers=1", "--policy.latent_dim=4",
@@ -103,6 +110,9 @@ def shrink(command: str, subs: dict[str, str]) -> list[str]:
 
     if prog == "embodied-train" and (kv.get("learner", "").startswith("ppo") or "+experiment=ppo_" in command):
         for key, value in (a.split("=", 1) for a in PPO_TINY + ENV_TINY):
+            setv(key, value)
+    elif prog == "embodied-train" and kv.get("learner") == "world_model":
+        for key, value in (a.split("=", 1) for a in WM_TINY + ENV_TINY):
             setv(key, value)
     elif prog == "embodied-train":
         own = [a for a in ENV_TINY if a.split("=")[0] not in kv]  # a command's own env.image_size stays
@@ -171,7 +181,8 @@ def substitutions(server: VLMServer, tmp: Path) -> dict[str, str]:
 def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
-    chains = CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW
+    chains = (CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW
+              + CHAIN_WM)
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -184,6 +195,7 @@ def test_the_reader_joins_continuations_and_drops_comments():
 CHAIN_RESIDUAL = [c for c in runnable() if any(k in c for k in ("push_sparse", "push_front", "runs/push_bc"))]
 CHAIN_VLA = [c for c in runnable() if any(k in c for k in ("datasets/lang_reach", "runs/lang_vla_bc"))]
 CHAIN_FLOW = [c for c in runnable() if any(k in c for k in ("smolvla_lang_reach", "runs/lang_smolvla_ppo"))]
+CHAIN_WM = [c for c in runnable() if "reach_repo" in c]  # a RePo run, then its adaptation to a new background
 CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL + CHAIN_VLA
                and c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
@@ -191,7 +203,7 @@ CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/
 CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA and not any(k in c for k in SIMULATORS) and any(
     k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
 INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
-               + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW]
+               + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW + CHAIN_WM]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
@@ -363,6 +375,15 @@ def test_flow_vla_ppo_commands_run_as_written_in_order(tmp_path):
     assert load_policy(tmp_path / "runs" / "lang_smolvla_ppo").kind == "flow_vla"
     results = next((tmp_path / "evals").glob("*/results.json"))
     assert json.loads(results.read_text())["overall"]["tasks"] == 4
+
+
+def test_world_model_commands_run_as_written_in_order(tmp_path):
+    """RePo on the moving background a, then its test-time adaptation to background b."""
+    assert [c.split()[0] for c in CHAIN_WM] == ["embodied-train", "embodied-train"], CHAIN_WM
+    for command in CHAIN_WM:
+        run(shrink(command, {}), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "reach_repo_adapted" / "metrics.jsonl").read_text().splitlines()]
+    assert any("adapt/kl" in r for r in rows)
 
 
 def stop(proc: subprocess.Popen, log: Path) -> None:
