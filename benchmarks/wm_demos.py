@@ -45,7 +45,7 @@ SAC_FLAGS = ["learner=sac", "+env.distractor_dims=10", "train.warmup_steps=500",
              "learner.hidden=[128,128]", "learner.batch_size=128"]
 LATENT_FLAGS = ["learner=world_model", "env.pixels=true", "env.cameras=[top]", "env.image_size=32",
                 "+env.background=a", "+env.moving_distractors=3", "train.warmup_steps=1000",
-                "train.learning_starts=1000", "learner.sequence_length=32", "learner.batch_size=16",
+                "train.learning_starts=1000", "learner.sequence_length=16", "learner.batch_size=16",
                 "learner.embed=64", "learner.depth=16", "learner.deter=64", "learner.stoch=16", "learner.hidden=64",
                 "learner.head_hidden=[64,64]", "learner.actor_hidden=[64,64]", "learner.horizon=10",
                 "learner.train_every=5"]
@@ -57,7 +57,7 @@ STUDIES = {
                "repo": ("RePo (objective=repo)", ["objective=repo", *LATENT_FLAGS]),
                "infopower": ("InfoPower (objective=infopower)", ["objective=infopower", *LATENT_FLAGS])},
 }
-DEFAULT_STEPS = {"vagram": 6000, "visual": 10000}
+DEFAULT_STEPS = {"vagram": 6000, "visual": 8000}
 
 
 def last(run_dir: Path, key: str) -> float:

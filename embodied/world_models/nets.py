@@ -115,19 +115,23 @@ class RSSM(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Latent features -> ``(B, H, W, 3)`` frames in [-0.5, 0.5] for each camera (square frames,
-    4 transposed convs from a 4 x 4 map, bilinear resize to the camera's size)."""
+    """Latent features -> ``(B, H, W, 3)`` frames in [-0.5, 0.5] for each camera: transposed convs
+    doubling a 4 x 4 map until it reaches the frame's size (3 for 32 px, 4 for 64 px), a bilinear
+    resize for sizes that are not 4 * 2^k."""
 
     def __init__(self, feat_dim: int, cameras: Mapping[str, tuple], depth: int = 32):
         super().__init__()
         self.cameras = {k: tuple(v) for k, v in cameras.items()}
         self.depth = int(depth)
         self.fc = nn.Linear(feat_dim, 8 * depth * 16)
-        self.nets = nn.ModuleDict({cam: nn.Sequential(
-            nn.ConvTranspose2d(8 * depth, 4 * depth, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(4 * depth, 2 * depth, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(2 * depth, depth, 4, 2, 1), nn.ELU(),
-            nn.ConvTranspose2d(depth, 3, 4, 2, 1)) for cam in self.cameras})  # 4 -> 64
+        self.nets = nn.ModuleDict({cam: self._upsampler(max(h, w)) for cam, (h, w, _) in self.cameras.items()})
+
+    def _upsampler(self, size: int) -> nn.Sequential:
+        layers, width, side = [], 8 * self.depth, 4
+        while side * 2 < size:
+            layers += [nn.ConvTranspose2d(width, max(width // 2, self.depth), 4, 2, 1), nn.ELU()]
+            width, side = max(width // 2, self.depth), side * 2
+        return nn.Sequential(*layers, nn.ConvTranspose2d(width, 3, 4, 2, 1))
 
     def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
         lead = feat.shape[:-1]
