@@ -82,7 +82,9 @@ class Trainer:
                                      base_policy=cfg.get("base_policy"), policy=cfg.get("policy"))
         self.sample_rows = self.learner.rows_per_update
         if hasattr(self.learner, "attach_replay"):  # model-based: the model trains on the whole replay
-            self.learner.attach_replay(self.online)
+            # (the dataset during an offline phase: RAVL / MOPO-style offline model-based RL)
+            offline_phase = self.offline is not None and cfg.train.offline_updates > 0
+            self.learner.attach_replay(self.offline if offline_phase else self.online)
         if cfg.train.get("adapt_from"):  # RePo's test-time adaptation of a trained run to this env
             self._start_adaptation(str(cfg.train.adapt_from), obs_space, act_space)
         self._windows_online = None  # sequence windows for a learner that trains on them (world models)
@@ -406,6 +408,8 @@ class Trainer:
         total = cfg.train.total_steps
         if self.counters["env_steps"] >= total:
             return final or self.evaluate(logger)
+        if hasattr(self.learner, "attach_replay") and self.offline is not None and cfg.train.offline_updates > 0:
+            self.learner.attach_replay(self.online)  # after the dataset, the model trains on what the policy collects
         self.driver.reset(seed=cfg.seed + self.counters["env_steps"])
         advance = self._off_policy_step
         if self.collector is not None:

@@ -332,3 +332,42 @@ def test_repo_adapts_only_its_encoder_to_a_new_background_from_the_saved_source_
     before, after = load_policy(source).state_dict(), load_policy(target).state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"encoder"}, changed  # the RSSM and the actor are the source's
+
+
+def test_edac_diversity_is_the_mean_pairwise_cosine_of_the_members_action_gradients():
+    from embodied.learners.sac import SAC, SACConfig
+
+    sac = SAC(state_space(), ACTIONS, SACConfig(hidden=(8,), num_critics=3, num_min=3, critic_diversity=1.0))
+    feats, action = torch.randn(5, 3), torch.rand(5, 2) * 2 - 1
+    div = sac.critic.diversity(feats, action)
+    grads = []
+    for e in range(3):  # each member's gradient, one at a time
+        a = action.clone().requires_grad_(True)
+        q = sac.critic(feats, a)[e].sum()
+        (g,) = torch.autograd.grad(q, a)
+        grads.append(g / g.norm(dim=-1, keepdim=True))
+    want = sum((grads[i] * grads[j]).sum(-1) for i in range(3) for j in range(3) if i != j) / 2
+    torch.testing.assert_close(div, want.mean(), rtol=1e-5, atol=1e-6)
+    div.backward()  # it trains the critics
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sac.critic.parameters())
+
+
+def test_ravl_trains_offline_on_a_dataset_with_ten_diverse_critics(tmp_path):
+    subprocess.run([str(BIN / "embodied-make-dataset"), "env=reach", "kinds=[scripted]", "steps=300",
+                    f"output={tmp_path / 'data'}"], cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600)
+    run = tmp_path / "ravl"
+    proc = subprocess.run([str(BIN / "embodied-train"), "+experiment=ravl", f"train.dataset={tmp_path / 'data' / 'scripted'}",
+                           "train.offline_updates=30", "learner.model_every=20", "learner.model_train_steps=5",
+                           "learner.rollout_batch=16", "learner.batch_size=16", "learner.sac_hidden=[16]",
+                           "learner.model_hidden=[16]", "learner.ensemble=3", "learner.elites=2", "eval.episodes=1",
+                           "eval.video_episodes=0", "log.every=10", "checkpoint.every=30", "wandb.mode=disabled",
+                           f"run_dir={run}"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    offline = [r for r in rows if "offline/q/diversity" in r]
+    assert offline and all(np.isfinite(r["offline/q/diversity"]) for r in offline)
+    assert max(r.get("offline/model/retrains", 0) for r in rows) >= 2
+    from embodied import checkpoint
+
+    state = checkpoint.load(checkpoint.latest(run / "checkpoints"))["learner"]
+    assert state["sac"]["critic"]["q.0.weight"].shape[0] == 10  # ten critics

@@ -94,6 +94,10 @@ class SACConfig:
     """HL-Gauss: bins over the value range."""
     hl_sigma: float = 0.75
     """HL-Gauss: std of the target Gaussian, in bin widths."""
+    critic_diversity: float = 0.0
+    """EDAC's ensemble-diversity weight eta: adds eta * the mean pairwise cosine similarity of the
+    members' action gradients dQ_i/da to the critic loss (0: off). With 10 critics and a min over
+    all of them it is RAVL's value learning for offline model-based RL."""
     seed: int = 0
     """Seed of the learner's own random generator (action noise, subsets, augmentation)."""
     device: str = "cpu"
@@ -118,6 +122,21 @@ class Critic(nn.Module):
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         out = self.outputs(features, action)
         return self.hl.value(out) if self.hl is not None else out.squeeze(-1)
+
+    def diversity(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """EDAC's ensemble-diversity term: the mean over rows of ``1 / (E - 1) * sum_{i != j}
+        <g_i, g_j>`` with ``g_i = dQ_i/da / |dQ_i/da|`` (differentiable: it trains the critics
+        to disagree on how the value changes with the action)."""
+        e = self.members
+        a = action.detach().expand(e, *action.shape).clone().requires_grad_(True)
+        x = torch.cat([features.expand(e, *features.shape), a], -1)
+        out = self.q(x)
+        q = self.hl.value(out) if self.hl is not None else out.squeeze(-1)
+        (grad,) = torch.autograd.grad(q.sum(), a, create_graph=True)  # (E, B, A): member i's own gradient
+        g = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        gram = torch.einsum("ibk,jbk->bij", g, g)  # (B, E, E)
+        off = gram.sum((1, 2)) - torch.diagonal(gram, dim1=1, dim2=2).sum(-1)
+        return (off / max(e - 1, 1)).mean()
 
     def loss(self, features: torch.Tensor, action: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum over members of the mean per-row loss against the (B,) targets -> (loss, (E, B) Q)."""
@@ -199,6 +218,10 @@ class SAC(Learner):
             features = self.encoder(batch.obs)
         loss, q = self.critic.loss(features, batch.action, target)
         metrics = {"q/mean": q.mean(), "q/target": target.mean(), "q/std_members": q.std(0).mean()}
+        if self.cfg.critic_diversity > 0:
+            diversity = self.critic.diversity(features, batch.action)
+            loss = loss + self.cfg.critic_diversity * diversity
+            metrics["q/diversity"] = diversity.detach()
         return loss, metrics, features.detach()
 
     def actor_loss(self, obs: Mapping[str, Any],

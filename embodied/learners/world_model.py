@@ -131,6 +131,12 @@ class WorldModelConfig:
     """SAC critic updates per update() (MBPO: 20)."""
     sac_hidden: tuple[int, ...] = (256, 256)
     sac_lr: float = num(3e-4, gt=0)
+    sac_critics: int = num(2, ge=2)
+    """SAC's critic ensemble (RAVL, offline: 10)."""
+    sac_num_min: int = num(2, ge=1)
+    """Targets take the min over this many critics (RAVL: all of them)."""
+    sac_diversity: float = num(0.0, ge=0)
+    """EDAC's ensemble-diversity weight of SAC's critics (RAVL: > 0; embodied/learners/sac.py)."""
     seed: int = 0
     device: str = "cpu"
 
@@ -565,7 +571,8 @@ class MBPOWorldModel(WorldModel):
         self.rng = np.random.default_rng(cfg.seed)
         self.sac = SAC(obs_space, action_space, SACConfig(
             hidden=cfg.sac_hidden, batch_size=cfg.batch_size, utd=cfg.sac_utd, gamma=cfg.gamma, actor_lr=cfg.sac_lr,
-            critic_lr=cfg.sac_lr, alpha_lr=cfg.sac_lr, seed=cfg.seed, device=cfg.device))
+            critic_lr=cfg.sac_lr, alpha_lr=cfg.sac_lr, num_critics=cfg.sac_critics, num_min=cfg.sac_num_min,
+            critic_diversity=cfg.sac_diversity, seed=cfg.seed, device=cfg.device))
         # SAC's parts as this learner's own (what each loss term moves, checkpoints)
         self.actor, self.critic, self.target, self.log_alpha = (self.sac.actor, self.sac.critic, self.sac.target,
                                                                self.sac.log_alpha)
