@@ -618,14 +618,22 @@ class MBPOWorldModel(WorldModel):
                 "cont": torch.as_tensor(b["discount"] > 0).float(), "slot": torch.as_tensor(b["slot"])}
 
     def value_grads(self, next_state: torch.Tensor) -> torch.Tensor:
-        """(B, K, D): ``dQ_k(s', mu(s')) / ds'`` for SAC's two critics and their targets."""
-        s = next_state.detach().clone().requires_grad_(True)
+        """(B, K, D): ``dQ_k(s', mu(s')) / ds'`` for SAC's critics and their targets (K = 4 with two
+        critics). Each member gets its own copy of ``s'``, so one backward pass per ensemble gives
+        every member's gradient."""
+        b, d = next_state.shape
         with torch.no_grad():
-            mean_action, _ = self.sac.actor(self.sac.encoder({"state": s.detach()}), deterministic=True)
-        feats = self.sac.encoder({"state": s})
-        q = torch.cat([self.sac.critic(feats, mean_action), self.sac.target(feats, mean_action)])  # (2E, B)
-        grads = [torch.autograd.grad(q[k].sum(), s, retain_graph=k < len(q) - 1)[0] for k in range(min(self.K, len(q)))]
-        return torch.stack(grads, 1).detach()
+            mean_action, _ = self.sac.actor(self.sac.encoder({"state": next_state}), deterministic=True)
+        grads = []
+        for critic in (self.sac.critic, self.sac.target):
+            e = critic.members
+            s = next_state.detach().expand(e, b, d).clone().requires_grad_(True)
+            feats = self.sac.encoder({"state": s.reshape(e * b, d)}).view(e, b, -1)
+            out = critic.q(torch.cat([feats, mean_action.expand(e, b, -1)], -1))
+            q = critic.hl.value(out) if critic.hl is not None else out.squeeze(-1)
+            (g,) = torch.autograd.grad(q.sum(), s)
+            grads.append(g)
+        return torch.cat(grads)[: self.K].transpose(0, 1).contiguous()
 
     def cached_grads(self, slots: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
         """Value gradients of these replay slots: cached since the last retrain, else computed now and cached."""
