@@ -225,15 +225,8 @@ class LatentWorldModel(WorldModel):
 
     # -- the world model's objective ----------------------------------------------------------
     def _observe(self, batch: Mapping[str, Any]):
-        obs, action = batch["obs"], batch["action"].to(self.device).float()
-        b, l1 = action.shape[0], action.shape[1] + 1
-        flat = {}
-        if "pixels" in obs:
-            flat["pixels"] = {c: x.to(self.device).reshape(b * l1, *x.shape[2:]) for c, x in obs["pixels"].items()}
-        if "state" in obs and self.agent.encoder.state_dim:
-            flat["state"] = obs["state"].to(self.device).float().reshape(b * l1, -1)
-        embed = self.agent.encoder(flat).view(b, l1, -1)
-        posts, priors = self.agent.rssm.observe(embed, action)
+        embed = self._embed(self.agent.encoder, batch)
+        posts, priors = self.agent.rssm.observe(embed, batch["action"].to(self.device).float())
         return embed, posts, priors
 
     def model_terms(self, batch: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], Latent, torch.Tensor, dict]:
@@ -435,10 +428,13 @@ class LatentWorldModel(WorldModel):
         self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.model_lr)
 
     def _embed(self, encoder, batch: Mapping[str, Any]) -> torch.Tensor:
+        """``encoder`` over every observation of a window batch -> (B, L + 1, E)."""
         obs = batch["obs"]
         b, l1 = batch["action"].shape[0], batch["action"].shape[1] + 1
-        flat = {"pixels": {c: x.to(self.device).reshape(b * l1, *x.shape[2:]) for c, x in obs["pixels"].items()}}
-        if encoder.state_dim:
+        flat = {}
+        if "pixels" in obs:
+            flat["pixels"] = {c: x.to(self.device).reshape(b * l1, *x.shape[2:]) for c, x in obs["pixels"].items()}
+        if "state" in obs and encoder.state_dim:
             flat["state"] = obs["state"].to(self.device).float().reshape(b * l1, -1)
         return encoder(flat).view(b, l1, -1)
 
