@@ -371,3 +371,43 @@ def test_ravl_trains_offline_on_a_dataset_with_ten_diverse_critics(tmp_path):
 
     state = checkpoint.load(checkpoint.latest(run / "checkpoints"))["learner"]
     assert state["sac"]["critic"]["q.0.weight"].shape[0] == 10  # ten critics
+
+
+def test_a_ridge_probe_reads_out_a_linear_signal_and_not_noise():
+    from embodied.world_models.probe import ridge_r2
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8))
+    signal = x @ rng.normal(size=(8, 2)) + 0.01 * rng.normal(size=(600, 2))
+    noise = rng.normal(size=(600, 2))
+    assert ridge_r2(x[:400], signal[:400], x[400:], signal[400:]).min() > 0.99
+    assert ridge_r2(x[:400], noise[:400], x[400:], noise[400:]).max() < 0.05
+
+
+def test_the_probe_filters_each_episode_afresh_as_the_policy_does():
+    import envs
+    from embodied.world_models.probe import collect_episodes, latent_features, probe_r2, reach_targets
+    from policies.world_model import LatentPolicy
+
+    env = envs.make_env("reach", seed=0, pixels=True, cameras=["top"], image_size=32, background="a",
+                        moving_distractors=2, max_episode_steps=5)
+    data = collect_episodes(env, episodes=3, seed=0, targets=reach_targets, progress=False)
+    assert data["pixels"]["top"].shape == (15, 32, 32, 3)
+    assert data["first"].nonzero()[0].tolist() == [0, 5, 10]
+    assert data["targets"]["gripper"].shape == (15, 2) and data["targets"]["discs"].shape == (15, 4)
+    assert (data["prev_action"][[0, 5, 10]] == 0).all() and (data["prev_action"][1:5] != 0).all()
+    torch.manual_seed(0)
+    policy = LatentPolicy(2, 0, {"top": (32, 32, 3)}, embed=16, depth=4, deter=8, stoch=4, hidden=16,
+                          actor_hidden=(16,)).eval()
+    feats = latent_features(policy, data)
+    assert feats.shape == (15, 12)
+    for t in (0, 5, 10):  # an episode's first frame filtered alone, from h = 0, as the policy's first step
+        step = policy.step({"pixels": {"top": data["pixels"]["top"][t:t + 1]}}, deterministic=True)
+        assert np.allclose(feats[t], step.state.latent.feat[0].numpy(), atol=1e-6)
+    assert not np.allclose(feats[1], feats[0])
+    with pytest.raises(ValueError, match="held-out"):
+        probe_r2(feats, data, train_episodes=3)
+    more = collect_episodes(env, episodes=12, seed=1, targets=reach_targets, progress=False)
+    r2 = probe_r2(np.c_[more["targets"]["gripper"], more["targets"]["target"]], more, train_episodes=8)
+    assert r2["gripper"] > 0.95 and r2["target"] > 0.95  # a latent that is the targets reads them out
+    assert r2["discs"] < 0.5  # and not the discs, which move independently of them
