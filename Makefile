@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@rm -f $(VENV)/.installed-*; touch $@
 
 lock:
-	$(UV) pip compile -q pyproject.toml --extra dev --extra bench --extra libero --python-version 3.12 -o requirements.lock
+	$(UV) pip compile -q pyproject.toml --extra dev --extra bench --extra libero --extra ray --python-version 3.12 -o requirements.lock
 
 train: setup
 	$(VENV)/bin/embodied-train $(ARGS)

@@ -62,6 +62,15 @@ def build_reward(cfg: Any) -> RewardBuild:
     return built
 
 
+def seeded_reward(cfg: Mapping[str, Any], seed: int):
+    """The reward module of ``cfg`` built with torch seeded to ``seed`` first (random weights of a
+    tiny test model are then the same wherever it is built): what a labeling actor calls."""
+    import torch
+
+    torch.manual_seed(int(seed))
+    return build_reward(cfg).model
+
+
 def reward_camera(model: Any, cameras: list[str], where: str) -> str:
     """The camera a reward module reads: its own ``camera`` setting, else the first one."""
     camera = getattr(model, "camera", None) or (cameras[0] if cameras else None)

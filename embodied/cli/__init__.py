@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, PermissionError,
+               ConnectionError)
 
 
 def setup_runtime() -> None:

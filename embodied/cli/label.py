@@ -2,6 +2,7 @@
 
     embodied-label input=/data/ds output=/data/ds_clip reward=clip camera=front
     embodied-label input=user/hub_ds output=out/ds_gvl reward=gvl instruction="fold the towel"
+    embodied-label input=/shared/ds output=/shared/ds_clip reward=clip ray.address=auto ray.actors=4 ray.num_gpus=1
 
 The Hydra entry point; what is written, how a killed run resumes and how trainable
 modules (RL-VLM-F) are fitted first is described in :mod:`embodied.datasets.label`.
@@ -9,9 +10,10 @@ modules (RL-VLM-F) are fitted first is described in :mod:`embodied.datasets.labe
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from embodied.cli import CONFIG_DIR, one_line_errors, setup_runtime
 from embodied.contracts import RewardModel
@@ -24,12 +26,12 @@ setup_runtime()
 def run(cfg) -> dict[str, Any]:
     import torch
 
-    from embodied.build import build_reward, to_dict
+    from embodied.build import seeded_reward, to_dict
     from embodied.cli.schemas import LabelConfig
-    from embodied.datasets.read import open_dataset
-    from embodied.schema import check
-
     from embodied.datasets.keys import DatasetKeys
+    from embodied.datasets.read import open_dataset
+    from embodied.scale.labeling import ray_settings
+    from embodied.schema import check
 
     check(cfg, LabelConfig)  # every setting, before the dataset is opened
     keys = DatasetKeys.from_config(cfg.get("dataset_keys"))
@@ -40,13 +42,12 @@ def run(cfg) -> dict[str, Any]:
     if reward_cfg.get("name") == "env":
         raise ValueError("reward=env has no model to label with; choose reward=clip, gvl, vlac or rlvlmf")
 
-    def build() -> RewardModel:
-        torch.manual_seed(int(cfg.seed))
-        return build_reward(reward_cfg).model
-
+    ray = ray_settings(to_dict(cfg.ray) if cfg.get("ray") is not None else None)
+    # a module-level function with plain arguments: what a Ray labeling actor receives and calls
+    build: Callable[[], RewardModel] = functools.partial(seeded_reward, reward_cfg, int(cfg.seed))
     summary = label_dataset(ds, output, build, reward_cfg, cfg.camera, cfg.instruction, cfg.repo_id,
                             int(cfg.plot_episodes), preference_pairs=int(cfg.preference_pairs),
-                            preference_seed=int(cfg.seed), keys=keys)
+                            preference_seed=int(cfg.seed), keys=keys, ray=ray)
     summary_line = {k: summary[k] for k in ("episodes", "episodes_labeled", "episodes_failed", "failed_queries",
                                             "reward_mean", "reward_std", "reward_min", "reward_max")}
     print(json.dumps({"output": str(output), **summary_line}))

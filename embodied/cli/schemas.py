@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from embodied.scale.labeling import RaySection
 from embodied.schema import num
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -98,6 +99,7 @@ class LabelConfig:
     seed: int = 0
     preference_pairs: int = num(ge=0)
     threads: int = num(ge=1)
+    ray: RaySection = field(default_factory=RaySection)
 
 
 def check_train_config(cfg) -> None:

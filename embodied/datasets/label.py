@@ -222,7 +222,8 @@ def fit_preferences(ds, model: RewardModel, camera: str, instruction: str | None
 def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], RewardModel], reward_cfg: dict[str, Any],
                   camera: str | None = None, instruction: str | None = None, repo_id: str | None = None,
                   plot_episodes: int = 6, show_progress: bool = True, preference_pairs: int = 0,
-                  preference_seed: int = 0, keys: DatasetKeys = DEFAULT_KEYS) -> dict[str, Any]:
+                  preference_seed: int = 0, keys: DatasetKeys = DEFAULT_KEYS,
+                  ray: dict[str, Any] | None = None) -> dict[str, Any]:
     """Label ``source`` (path, hub id or an open LeRobotDataset) into a new dataset at ``output``.
 
     ``model`` may be a zero-argument factory: it is called only after every input check
@@ -230,12 +231,13 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     labeler) is the scripted oracle answers from the dataset's ``gt.progress`` column, so
     such a module refuses a dataset without it. ``keys``: the dataset's names of the
     env's cameras and columns (``camera`` is then the env's name, e.g. ``agentview`` for
-    LeRobot's LIBERO ``observation.images.image``). Returns the summary also stored in
-    ``<output>/meta/labeling.json``.
+    LeRobot's LIBERO ``observation.images.image``). ``ray``: the ``ray:`` settings of
+    :mod:`embodied.scale.labeling` (``address`` set: the episodes are labeled by an actor pool on
+    that cluster, each actor building the module from ``model`` when it is a factory; the same
+    label files, so a run killed on one path resumes on the other). Returns the summary also
+    stored in ``<output>/meta/labeling.json``.
     """
-    from tqdm import tqdm
-
-    from embodied.datasets.read import open_dataset, read_episode
+    from embodied.datasets.read import open_dataset
     from rewards import find_oracle
 
     ds = source if hasattr(source, "meta") else open_dataset(source)
@@ -257,8 +259,16 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     partial = partial_dir(output)
     episodes = range(ds.meta.total_episodes)
     todo = [i for i in episodes if not label_file(partial, i).exists()]
-    if todo and not isinstance(model, RewardModel):
-        model = model()
+    factory = None if isinstance(model, RewardModel) else model
+    if todo and ray:  # the cluster is reachable and has room, and the module can travel: before any work
+        from embodied.scale.cluster import check_shippable
+        from embodied.scale.labeling import open_cluster
+
+        open_cluster(ray)
+        name = type(model).__name__ if factory is None else repr(reward_cfg.get("name"))
+        check_shippable(model, f"reward module {name}")
+    if todo and factory is not None:
+        model = factory()  # here too on the Ray path: every check below runs before any work
     trainable = bool(todo) and isinstance(model, TrainableReward)
     if trainable and preference_pairs < 1:
         raise ValueError(f"reward {reward_cfg.get('name')!r} learns from preferences: set preference_pairs > 0")
@@ -277,21 +287,45 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
         log.info("preference reward fit: %s", preference_metrics)
     start = time.time()
     frames_done = 0
-    with ThreadPoolExecutor(1) as pool:  # decode the next episode while the model runs
-        fut = pool.submit(read_episode, ds, todo[0], [camera], keys) if todo else None
-        for k, index in enumerate(tqdm(todo, desc="labeling", unit="ep", disable=not show_progress,
-                                       initial=len(episodes) - len(todo), total=len(episodes))):
-            ep = fut.result()
-            fut = pool.submit(read_episode, ds, todo[k + 1], [camera], keys) if k + 1 < len(todo) else None
-            if scripted is not None:
-                scripted.add_episode(ep.frames[camera], truth(ep))
-            labels = label_one(model, ep.frames[camera], instruction or ep.task)
-            save_labels(label_file(partial, index), labels, len(ep))
-            frames_done += len(ep)
+
+    def record(index: int, labels: EpisodeLabels, n: int) -> None:
+        nonlocal frames_done
+        save_labels(label_file(partial, index), labels, n)
+        frames_done += n
+
+    if todo and ray:
+        import torch
+
+        from embodied.scale.labeling import label_on_ray
+
+        shipped = model if trainable or factory is None else factory  # a fitted module travels fitted
+        label_on_ray(ds, todo, shipped, camera, instruction, keys, ray, torch.get_num_threads(),
+                     scripted is not None, record, show_progress)
+    elif todo:
+        _label_here(ds, todo, model, camera, instruction, keys, scripted, record, show_progress)
     label_seconds = time.time() - start
     return _write_output(ds, output, partial, job, camera, reward_cfg, repo_id, plot_episodes,
                          {"label_seconds": label_seconds, "frames_labeled_this_run": frames_done,
                           **({"preferences": preference_metrics} if preference_metrics else {})})
+
+
+def _label_here(ds, todo: list[int], model: RewardModel, camera: str, instruction: str | None, keys: DatasetKeys,
+                scripted, record: Callable[[int, EpisodeLabels, int], None], show_progress: bool) -> None:
+    """Label episodes ``todo`` in this process, decoding the next episode while the model runs."""
+    from tqdm import tqdm
+
+    from embodied.datasets.read import read_episode
+
+    total = ds.meta.total_episodes
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(read_episode, ds, todo[0], [camera], keys)
+        for k, index in enumerate(tqdm(todo, desc="labeling", unit="ep", disable=not show_progress,
+                                       initial=total - len(todo), total=total)):
+            ep = fut.result()
+            fut = pool.submit(read_episode, ds, todo[k + 1], [camera], keys) if k + 1 < len(todo) else None
+            if scripted is not None:
+                scripted.add_episode(ep.frames[camera], truth(ep))
+            record(index, label_one(model, ep.frames[camera], instruction or ep.task), len(ep))
 
 
 def _write_output(ds, output: Path, partial: Path, job: dict, camera: str, reward_cfg: dict,

@@ -1,0 +1,134 @@
+"""Scale-out on a real local Ray cluster (one per module: it costs ~10 s and ~1.3 GB to start):
+labeling as a Ray Data pipeline gives the local path's labels byte for byte, a run killed on
+Ray resumes on the local path, and bad cluster input is a one-line error before any work."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from embodied.contracts import EpisodeLabels, RewardModel
+from embodied.datasets.label import label_dataset
+from test_label import ENV, ROOT, TINY, foreign_dataset, tree_hashes
+
+ray = pytest.importorskip("ray")  # the [ray] extra; CI installs it (requirements.lock)
+pytestmark = pytest.mark.xdist_group("ray")  # one cluster for the module, in one xdist worker
+
+EPISODES, T = 16, 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return foreign_dataset(tmp_path_factory.mktemp("raysrc") / "ds", episodes=EPISODES, T=T, size=32)
+
+
+@pytest.fixture(scope="module")
+def local_labels(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "labeled"
+    proc = _cli([f"input={source}", f"output={out}", "reward=clip_tiny", "camera=top"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+def _cli(args):
+    # a client joins a cluster with token authentication (Ray's default for a local ray.init since
+    # 2.59) in the same mode, with the token of ~/.ray/auth_token, as on any node (README: Ray)
+    env = {**ENV, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    return subprocess.Popen([sys.executable, "-m", "embodied.cli.label", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _data(root):
+    return {k: v for k, v in tree_hashes(root).items() if k.startswith(("data/", "videos/"))}
+
+
+def test_labels_through_ray_equal_the_local_labels_byte_for_byte(cluster, source, local_labels, tmp_path):
+    out = tmp_path / "ray"
+    proc = _cli([f"input={source}", f"output={out}", "reward=clip_tiny", "camera=top", f"ray.address={cluster}",
+                 "ray.actors=2", "ray.num_cpus=0.5", "ray.batch_size=3"])
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["episodes_labeled"] == EPISODES
+    assert _data(out) == _data(local_labels)  # parquet (with next.reward) and videos, byte for byte
+    meta = json.loads((out / "meta" / "labeling.json").read_text())
+    assert meta["summary"]["frames_labeled_this_run"] == EPISODES * T
+    assert meta["job_id"] == json.loads((local_labels / "meta" / "labeling.json").read_text())["job_id"]
+
+
+def test_a_labeling_run_killed_on_ray_resumes_on_the_local_path(cluster, source, local_labels, tmp_path):
+    out = tmp_path / "killed"
+    proc = _cli([f"input={source}", f"output={out}", "reward=clip_tiny", "camera=top", f"ray.address={cluster}"])
+    labels = tmp_path / "killed.partial" / "labels"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(labels.glob("episode_*.npz"))) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver: its actors end with its job
+    proc.wait()
+    done = len(list(labels.glob("episode_*.npz")))
+    assert 2 <= done < EPISODES, "the kill must land mid-labeling"
+    resumed = _cli([f"input={source}", f"output={out}", "reward=clip_tiny", "camera=top"])  # no ray.address
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    summary = json.loads((out / "meta" / "labeling.json").read_text())["summary"]
+    assert summary["frames_labeled_this_run"] == (EPISODES - done) * T  # nothing labeled twice
+    assert _data(out) == _data(local_labels)
+
+
+class LockedReward(RewardModel):
+    """A module holding a lock (as one holding a socket or a CUDA stream): it cannot travel."""
+
+    name, granularity = "locked", "episode"
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def label_episode(self, frames, instruction):
+        return EpisodeLabels(np.zeros(len(frames) - 1, np.float32))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["unreachable", "gpus", "cpus", "unshippable"])
+def test_bad_cluster_input_is_a_one_line_error_before_any_work(cluster, source, tmp_path, case):
+    out = tmp_path / "out"
+    before = tree_hashes(tmp_path)
+    if case == "unreachable":  # the command line: exit status 2, one 'error:' line, in seconds
+        t0 = time.time()
+        proc = _cli([f"input={source}", f"output={out}", "reward=clip_tiny", "camera=top",
+                     f"ray.address=127.0.0.1:{_free_port()}"])
+        _, err = proc.communicate(timeout=120)
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 2 and len(lines) == 1 and "no Ray head answers" in lines[0], err[-2000:]
+        assert time.time() - t0 < 60
+    else:
+        settings = {"address": cluster, "actors": 1, "num_gpus": 0, "num_cpus": 1, "batch_size": 1, "readers": 1}
+        model, expect = (lambda: pytest.fail("model built despite bad input")), ""
+        if case == "gpus":
+            settings["num_gpus"], expect = 1, "asks for 1 GPU"
+        elif case == "cpus":
+            settings["actors"], expect = 4, "asks for 4.5 CPU"
+        else:
+            model, expect = LockedReward(), "cannot be shipped to Ray workers"
+        with pytest.raises(ValueError, match=expect) as info:
+            label_dataset(source, out, model, TINY, camera="top", show_progress=False, ray=settings)
+        assert "\n" not in str(info.value)
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "out.partial").exists()
