@@ -58,6 +58,7 @@ class Trainer:
         inputs = learner_kwargs(cfg.learner)[1]
         self.env_free = cfg.env.name == "none"  # dataset-only offline training
         self.action_bounds = None  # env=none: the dataset's action range, mapped onto [-1, 1]
+        self.remote, self.fleet, self._next_episode = None, None, 0
         if self.env_free:
             obs_space, act_space = self._dataset_spaces(inputs)
             self.venv = self.eval_env = None
@@ -65,8 +66,11 @@ class Trainer:
             # reward models read frames, whatever the learner reads
             kw = envs.kwargs_from_config(OmegaConf.to_container(cfg.env, resolve=True),
                                          pixels=True if self.reward_model is not None else None)
-            self.venv = envs.make_vec_env(cfg.env.name, cfg.train.num_envs, seed=cfg.seed,
-                                          asynchronous=bool(cfg.train.get("async_envs", False)), **kw)
+            self.remote = self._ray_rollouts()  # train.ray.address: the envs run in Ray workers
+            self._env_kwargs = kw
+            self.venv = envs.make_vec_env(cfg.env.name, 1 if self.remote else cfg.train.num_envs, seed=cfg.seed,
+                                          asynchronous=bool(cfg.train.get("async_envs", False)) and not self.remote,
+                                          **kw)  # with workers: one local env, for the spaces
             self.eval_env = envs.make_env(cfg.env.name, seed=cfg.seed + 10_000, **kw)
             obs_space = self.venv.single_observation_space
             act_space = self.venv.single_action_space
@@ -103,6 +107,8 @@ class Trainer:
 
             self.recorder = DatasetRecorder(cfg.train.record_dataset, fps=int(cfg.train.get("record_fps", 10)))
         self.curriculum = self._make_curriculum()
+        if self.remote:
+            self._check_ray_rollouts()
         self.driver = self._make_driver(0)
         self.counters = {"env_steps": 0, "updates": 0, "offline_updates": 0, "episodes": 0, "debt": 0.0}
         self._recent: list[dict[str, Any]] = []
@@ -110,6 +116,27 @@ class Trainer:
         self.executor: ChunkExecutor | None = None
         self._warmup: ChunkExecutor | None = None  # a learner's own warm-up policy (residual: base + noise)
         self._windows = None  # offline windows for learners that train on action chunks (BC)
+
+    def _ray_rollouts(self) -> dict[str, Any] | None:
+        """The ``train.ray`` settings when they ask for Ray rollout workers, else None."""
+        section = self.cfg.train.get("ray")
+        if section is None or not section.get("address"):
+            return None
+        return {"workers": 2, "envs_per_worker": 1, "num_cpus": 1.0, "steps_per_call": 16, "local_cpus": None,
+                **OmegaConf.to_container(section, resolve=True)}
+
+    def _check_ray_rollouts(self) -> None:
+        """What Ray rollout workers do not cover yet: a one-line error before any work."""
+        cfg = self.cfg
+        if self.learner.on_policy:
+            raise ValueError(f"train.ray.address: Ray rollout workers feed off-policy learners (sac, iql, world_model) "
+                             f"so far; learner={cfg.learner.name} is on-policy: drop train.ray.address")
+        unsupported = {"a warm-up policy of the learner (residual's base)": hasattr(self.learner, "warmup_policy"),
+                       "train.curriculum": bool(cfg.train.get("curriculum")),
+                       "train.adapt_from": bool(cfg.train.get("adapt_from"))}
+        for what, used in unsupported.items():
+            if used:
+                raise ValueError(f"train.ray.address: Ray rollout workers do not run {what} yet; drop one of the two")
 
     def _make_curriculum(self):
         """``train.curriculum=true``: tasks near 50 % success are sampled most (embodied/curriculum.py)."""
@@ -228,7 +255,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         state = {"learner": self.learner.state_dict(), "online": self.online.state_dict(),
                  "labeler": self.labeler.state_dict(), "counters": dict(self.counters),
-                 "next_episode": self.driver.episodes_started if self.driver else 0,
+                 "next_episode": self._next_episode if self.remote else (self.driver.episodes_started
+                                                                          if self.driver else 0),
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         if self.curriculum is not None:
             state["curriculum"] = self.curriculum.state_dict()
@@ -243,6 +271,7 @@ class Trainer:
             self.curriculum.load_state_dict(state["curriculum"])
             self.venv.call("set_task_probs", self.curriculum.probs())
         self.driver = self._make_driver(int(state["next_episode"]))
+        self._next_episode = int(state["next_episode"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -319,15 +348,45 @@ class Trainer:
 
     def _off_policy_step(self, metrics: dict[str, float]) -> None:
         """One step of every env, then the updates owed (update-to-data ratio, label staleness)."""
-        cfg = self.cfg
         n = self.driver.step(self._acting())
         self.counters["env_steps"] += n
+        self._pay_updates(n, metrics)
+
+    def _remote_step(self, metrics: dict[str, float]) -> None:
+        """Ray rollout workers (embodied/scale/rollout.py): the episodes they finished go to the
+        labeler and replay as local envs' do, under this run's episode ids; then the updates owed."""
+        from embodied.scale.rollout import RolloutFleet, renumber
+
+        cfg = self.cfg
+        if self.fleet is None:  # workers draw new episodes after a resume: the seed moves with the steps
+            self.fleet = RolloutFleet(self.remote, cfg.env.name, self._env_kwargs,
+                                      cfg.seed + self.counters["env_steps"], self.learner.policy().spec())
+        random = self.counters["env_steps"] < cfg.train.warmup_steps and not getattr(self.learner, "adapting", False)
+        if not random:
+            self.fleet.publish(self.counters["updates"], self.learner.policy_weights())
+        n = 0
+        for transitions, summary in self.fleet.collect(random):
+            episode = self._next_episode
+            self._next_episode += 1
+            for t in renumber(transitions, episode):
+                self.labeler.add(t)
+                if self.recorder is not None:
+                    self.recorder.add(t)
+                n += 1
+            self._on_episode({**summary, "episode_id": episode}, 0)
+        self.counters["env_steps"] += n
+        self._pay_updates(n, metrics)
+
+    def _pay_updates(self, n: int, metrics: dict[str, float]) -> None:
+        """The updates owed for ``n`` new env steps (update-to-data ratio, label staleness)."""
+        cfg = self.cfg
         step = self.counters["env_steps"]
         self.labeler.poll()
         metrics.update(self.labeler.maybe_feedback(step))
         if step >= cfg.train.learning_starts and len(self.replay) > 0:
             owed = n * float(getattr(self.learner, "updates_per_step", 1.0))  # world models: 1 per train_every steps
-            self.counters["debt"] = min(self.counters["debt"] + owed, cfg.train.max_update_debt)
+            # the cap bounds what label staleness may pile up, never the updates a batch of steps itself owes
+            self.counters["debt"] = min(self.counters["debt"] + owed, max(cfg.train.max_update_debt, owed))
             while self.counters["debt"] >= 1 and self.labeler.learner_may_update() and self.replay.num_labeled() >= self.sample_rows:
                 metrics.update(self._update())
                 self.counters["debt"] -= 1
@@ -411,7 +470,7 @@ class Trainer:
         if hasattr(self.learner, "attach_replay") and self.offline is not None and cfg.train.offline_updates > 0:
             self.learner.attach_replay(self.online)  # after the dataset, the model trains on what the policy collects
         self.driver.reset(seed=cfg.seed + self.counters["env_steps"])
-        advance = self._off_policy_step
+        advance = self._remote_step if self.remote else self._off_policy_step
         if self.collector is not None:
             advance, rows = self._on_policy_rollout, self.collector.buffer.num_steps * self.venv.num_envs
             if total % rows:
@@ -436,6 +495,8 @@ class Trainer:
                 self.save()
         bar.close()
         self.labeler.close()
+        if self.fleet is not None:
+            self.fleet.close()
         return final
 
     def _train_row(self, metrics: dict[str, float], step: int, sps: float) -> dict[str, float]:

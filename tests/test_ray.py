@@ -132,3 +132,53 @@ def test_bad_cluster_input_is_a_one_line_error_before_any_work(cluster, source, 
             label_dataset(source, out, model, TINY, camera="top", show_progress=False, ray=settings)
         assert "\n" not in str(info.value)
     assert tree_hashes(tmp_path) == before and not (tmp_path / "out.partial").exists()
+
+
+# ----------------------------------------------------------------------------- rollout workers
+SAC_TINY = ("learner=sac", "learner.hidden=[16,16]", "learner.batch_size=16")
+
+
+def _trainer(cluster, tmp_path, learner=SAC_TINY):
+    from hydra import compose, initialize_config_dir
+
+    from embodied.cli import setup_runtime
+    from embodied.loop import Trainer
+
+    setup_runtime()
+    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+        cfg = compose("config", overrides=["env=reach", *learner, "train.warmup_steps=100", "train.learning_starts=100",
+                                           "env.max_episode_steps=30", f"train.ray.address={cluster}",
+                                           "train.ray.workers=2", "train.ray.num_cpus=0.5", "train.ray.steps_per_call=10",
+                                           "wandb.mode=disabled"])
+    return Trainer(cfg, tmp_path / "run")
+
+
+def test_sac_with_ray_rollout_workers_commits_whole_episodes_and_replaces_a_killed_worker(cluster, tmp_path):
+    trainer = _trainer(cluster, tmp_path)
+    metrics: dict = {}
+    killed = None
+    while trainer.counters["env_steps"] < 600:
+        trainer._remote_step(metrics)
+        if killed is None and trainer.counters["env_steps"] >= 150:  # mid-run, its envs mid-episode
+            killed = ray.get(trainer.fleet.workers[0].pid.remote())
+            os.kill(killed, signal.SIGKILL)
+    fleet = trainer.fleet
+    assert fleet.restarts == 1 and ray.get(fleet.workers[0].pid.remote()) != killed  # replaced, and the run went on
+    replay = trainer.online
+    n = len(replay)
+    assert n == trainer.counters["env_steps"]  # every committed step is in the replay, once
+    ids, steps = replay.episode_id[:n], replay.step[:n]
+    assert sorted(set(ids.tolist())) == list(range(trainer._next_episode))  # ids unique, none skipped
+    for episode in set(ids.tolist()):  # each episode whole: steps 0..L-1, ending in its termination / time limit
+        rows = np.flatnonzero(ids == episode)
+        assert sorted(steps[rows].tolist()) == list(range(len(rows)))
+        last = rows[np.argmax(steps[rows])]
+        assert replay.terminated[last] or replay.truncated[last]
+    assert trainer.counters["updates"] >= 400 and fleet._version > 0  # SAC trained; workers got its weights
+    fleet.close()
+
+
+def test_ray_rollout_workers_refuse_what_they_do_not_run_yet(cluster, tmp_path):
+    with pytest.raises(ValueError, match="on-policy") as info:
+        _trainer(cluster, tmp_path, learner=("learner=ppo",))
+    assert "\n" not in str(info.value)

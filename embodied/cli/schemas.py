@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from embodied.scale.labeling import RaySection
+from embodied.scale.rollout import RolloutRaySection
 from embodied.schema import num
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -31,6 +32,7 @@ class TrainSection:
     threads: int = num(ge=1)
     curriculum: bool = False
     adapt_from: str | None = None
+    ray: RolloutRaySection = field(default_factory=RolloutRaySection)
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""Simulator rollout workers as Ray actors for ``embodied-train`` (off-policy learners).
+
+    embodied-train env=reach learner=sac train.ray.address=local train.ray.workers=2
+
+Each worker (a Ray actor, ``train.ray.num_cpus`` CPUs) runs a vector env of
+``train.ray.envs_per_worker`` envs and the current policy, rebuilt from its JSON ``spec()``; the
+trainer sends the policy's weights through Ray's object store (one ``ray.put`` per new version,
+a worker loads a version once) and gets back **finished episodes only**: a worker keeps each
+env's running episode until it ends. The trainer gives each episode its id and feeds its
+transitions to the same labeler and replay as local envs, so rewards, UTD accounting,
+checkpoints and evaluation do not change. A worker that dies (killed, out of memory, its node
+lost) is replaced by a fresh one with a new seed; the episodes it was running die with it and
+never reach the replay, so nothing is half-written, lost once committed, or duplicated.
+
+Env steps are counted when their episode is committed (``train.total_steps`` counts committed
+transitions). Acting is one call of ``train.ray.steps_per_call`` steps per env with the weights
+the worker holds, so the policy lags the learner by at most one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embodied.schema import num
+
+log = logging.getLogger("embodied")
+
+
+@dataclass
+class RolloutRaySection:
+    """``train.ray:`` of ``embodied-train`` (configs/config.yaml)."""
+
+    address: str | None = None
+    workers: int = num(ge=1)
+    envs_per_worker: int = num(ge=1)
+    num_cpus: float = num(gt=0)
+    steps_per_call: int = num(ge=1)
+    local_cpus: int | None = num(ge=1)
+
+
+class RolloutWorker:
+    """A Ray actor: a vector env, the policy, and the episodes it finished since the last call."""
+
+    def __init__(self, env_name: str, env_kwargs: dict[str, Any], num_envs: int, seed: int, spec: dict[str, Any]):
+        import torch
+
+        import envs
+        import policies
+        from embodied.driver import Driver
+        from policies.chunking import ChunkExecutor
+
+        torch.set_num_threads(1)
+        self.venv = envs.make_vec_env(env_name, num_envs, seed=seed, **env_kwargs)
+        self.policy = policies.from_spec(spec).eval()
+        self.executor = ChunkExecutor(self.policy, num_envs)
+        self.rng = np.random.default_rng(seed)
+        self.version = -1
+        self.running: list[list] = [[] for _ in range(num_envs)]
+        self.finished: list[tuple[list, dict]] = []
+        self.driver = Driver(self.venv)
+        self.driver.on_transition(lambda t, i: self.running[i].append(t))
+        self.driver.on_episode(self._ended)
+        self.driver.reset(seed=seed)
+
+    def _ended(self, summary: dict[str, Any], i: int) -> None:
+        self.finished.append((self.running[i], summary))  # the episode's last transition is in already
+        self.running[i] = []
+
+    def _random(self, obs) -> np.ndarray:
+        shape = (self.venv.num_envs, *self.venv.single_action_space.shape)
+        return self.rng.uniform(-1, 1, shape).astype(np.float32)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def run(self, steps: int, version: int, weights: dict | None, random: bool) -> list[tuple[list, dict]]:
+        """``steps`` steps of every env (uniform random actions, or the policy of ``version``,
+        loading ``weights`` when this worker holds another version); the episodes finished."""
+        import torch
+
+        if weights is not None and version != self.version:
+            self.policy.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+            self.version = version
+        act = self._random if random else self.executor
+        for _ in range(int(steps)):
+            self.driver.step(act)
+        out, self.finished = self.finished, []
+        return out
+
+
+class RolloutFleet:
+    """The trainer's side: ``workers`` Ray actors kept busy, one call in flight each; replaces a
+    dead worker and drops its running episodes (:meth:`collect`)."""
+
+    def __init__(self, settings: dict[str, Any], env_name: str, env_kwargs: dict[str, Any], seed: int,
+                 spec: dict[str, Any]):
+        from embodied.scale.cluster import Demand, connect, require
+
+        self.settings = settings
+        self.ray = connect(settings["address"], settings.get("local_cpus"))
+        n, cpus = int(settings["workers"]), float(settings["num_cpus"])
+        require(self.ray, Demand(f"train.ray.workers={n} (train.ray.num_cpus={cpus:g} each)", cpus=n * cpus))
+        self.env_name, self.env_kwargs, self.seed, self.spec = env_name, env_kwargs, int(seed), spec
+        self.restarts = 0
+        self.workers = [self._start(k) for k in range(n)]
+        self.inflight: dict[Any, int] = {}
+        self.held = [-1] * n  # the weights version each worker was last sent
+        self._weights_ref, self._version = None, -1
+
+    def _start(self, k: int):
+        # a replacement draws new episodes: its seed moves past every earlier worker's
+        seed = self.seed + 1_000 * k + 1_000_003 * self.restarts
+        actor = self.ray.remote(RolloutWorker).options(num_cpus=float(self.settings["num_cpus"]), max_restarts=0)
+        return actor.remote(self.env_name, self.env_kwargs, int(self.settings["envs_per_worker"]), seed, self.spec)
+
+    def publish(self, version: int, weights: dict[str, Any]) -> None:
+        """New policy weights, into the object store once; each worker loads them on its next call."""
+        if version != self._version:
+            self._weights_ref = self.ray.put({k: v.detach().cpu().numpy() for k, v in weights.items()})
+            self._version = version
+
+    def collect(self, random: bool) -> list[tuple[list, dict]]:
+        """Keep one call in flight per worker; wait for at least one; its finished episodes.
+        A dead worker is replaced (its running episodes are gone) and yields nothing."""
+        from ray.exceptions import RayActorError
+
+        for k, worker in enumerate(self.workers):
+            if k not in self.inflight.values():
+                send = self._weights_ref if self.held[k] != self._version else None
+                fut = worker.run.remote(int(self.settings["steps_per_call"]), self._version, send, random)
+                self.held[k] = self._version
+                self.inflight[fut] = k
+        ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+        episodes = []
+        for fut in ready:
+            k = self.inflight.pop(fut)
+            try:
+                episodes += self.ray.get(fut)
+            except RayActorError as err:
+                self.restarts += 1
+                log.warning("rollout worker %d died (%s); starting a replacement, its running episodes are dropped",
+                            k, str(err).splitlines()[0][:120])
+                self.workers[k] = self._start(k)
+                self.held[k] = -1
+        return episodes
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self.ray.kill(worker)
+        self.workers, self.inflight = [], {}
+
+
+def renumber(transitions: list, episode_id: int) -> list:
+    """An episode's transitions under the trainer's episode id."""
+    return [dataclasses.replace(t, episode_id=episode_id) for t in transitions]
