@@ -395,6 +395,8 @@ def test_the_probe_filters_each_episode_afresh_as_the_policy_does():
     assert data["pixels"]["top"].shape == (15, 32, 32, 3)
     assert data["first"].nonzero()[0].tolist() == [0, 5, 10]
     assert data["targets"]["gripper"].shape == (15, 2) and data["targets"]["discs"].shape == (15, 4)
+    assert data["targets"]["background"].shape == (15, 12)  # 2 x 2 quadrants' mean RGB of the layer alone
+    assert not np.allclose(data["targets"]["background"][1], data["targets"]["background"][0])  # it drifts
     assert (data["prev_action"][[0, 5, 10]] == 0).all() and (data["prev_action"][1:5] != 0).all()
     torch.manual_seed(0)
     policy = LatentPolicy(2, 0, {"top": (32, 32, 3)}, embed=16, depth=4, deter=8, stoch=4, hidden=16,
@@ -410,4 +412,4 @@ def test_the_probe_filters_each_episode_afresh_as_the_policy_does():
     more = collect_episodes(env, episodes=12, seed=1, targets=reach_targets, progress=False)
     r2 = probe_r2(np.c_[more["targets"]["gripper"], more["targets"]["target"]], more, train_episodes=8)
     assert r2["gripper"] > 0.95 and r2["target"] > 0.95  # a latent that is the targets reads them out
-    assert r2["discs"] < 0.5  # and not the discs, which move independently of them
+    assert r2["discs"] < 0.5 and r2["background"] < 0.5  # and not the distractors, which move on their own

@@ -4,13 +4,13 @@ A model that spends its capacity on task-irrelevant detail (RePo's and InfoPower
 reconstruction) should encode the distractors well and the task less well. The probe measures
 it: episodes of the same env are filtered by a trained :class:`policies.world_model.LatentPolicy`
 (encoder + RSSM, as it filters while acting) and a ridge regression from the latent features (its penalty cross-validated over episodes)
-to a quantity of the simulator (the gripper's and the target's position, the distractor discs'
-positions) is fitted on some episodes and scored on the others (held-out R²: 1 is a perfect
+to a quantity of the simulator (the gripper's and the target's position; the moving
+background's colour layout and its discs' positions) is fitted on some episodes and scored on the others (held-out R²: 1 is a perfect
 linear read-out, 0 is no better than the mean).
 
     data = collect_episodes(env, episodes=100, seed=0, targets=reach_targets)
     feats = latent_features(policy, data)
-    r2 = probe_r2(feats, data, train_episodes=80)          # {"gripper": ..., "target": ..., "discs": ...}
+    r2 = probe_r2(feats, data, train_episodes=80)  # {"gripper", "target", "background", "discs": R²}
 """
 
 from __future__ import annotations
@@ -23,13 +23,18 @@ from tqdm.auto import tqdm
 
 
 def reach_targets(env) -> dict[str, np.ndarray]:
-    """The built-in ``reach`` task's probe targets: gripper xy, target xy and, with a moving
-    background, its discs' centres in frame units (0..1)."""
+    """The built-in ``reach`` task's probe targets: the task's (gripper xy, target xy) and, with a
+    moving background, the distractors': the background layer's colour layout (mean RGB of its
+    2 x 2 quadrants, 0..1, gripper and targets excluded: the layer alone) and its discs' centres
+    in frame units (0..1)."""
     task = env.unwrapped
     state = task._state()
     out = {"gripper": state[0:2].astype(np.float32), "target": state[4:6].astype(np.float32)}
     if task._backgrounds:  # the episode's background of the (first) rendered frame size
         size, background = next(iter(task._backgrounds.items()))
+        half = size // 2
+        layer = background.layer()[: 2 * half, : 2 * half].astype(np.float32) / 255.0
+        out["background"] = layer.reshape(2, half, 2, half, 3).mean((1, 3)).reshape(-1)
         if len(background.disc_pos):
             out["discs"] = (background.disc_pos / size).reshape(-1).astype(np.float32)
     return out
