@@ -288,10 +288,13 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     start = time.time()
     frames_done = 0
 
+    first_label = None
+
     def record(index: int, labels: EpisodeLabels, n: int) -> None:
-        nonlocal frames_done
+        nonlocal frames_done, first_label
         save_labels(label_file(partial, index), labels, n)
         frames_done += n
+        first_label = first_label if first_label is not None else time.time() - start
 
     if todo and ray:
         import torch
@@ -306,6 +309,7 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     label_seconds = time.time() - start
     return _write_output(ds, output, partial, job, camera, reward_cfg, repo_id, plot_episodes,
                          {"label_seconds": label_seconds, "frames_labeled_this_run": frames_done,
+                          "first_label_seconds": first_label,  # start-up: the module built, the first episode read
                           **({"preferences": preference_metrics} if preference_metrics else {})})
 
 

@@ -13,8 +13,9 @@ lost) is replaced by a fresh one with a new seed; the episodes it was running di
 never reach the replay, so nothing is half-written, lost once committed, or duplicated.
 
 Env steps are counted when their episode is committed (``train.total_steps`` counts committed
-transitions). Acting is one call of ``train.ray.steps_per_call`` steps per env with the weights
-the worker holds, so the policy lags the learner by at most one call.
+transitions). Acting is calls of ``train.ray.steps_per_call`` steps per env with the weights the
+worker holds; two calls are queued per worker (it steps the next while the trainer unpacks the
+last), so the acting policy lags the learner by at most two calls.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import numpy as np
 from embodied.schema import num
 
 log = logging.getLogger("embodied")
+
+PIPELINE = 2  # calls queued per worker
 
 
 @dataclass
@@ -96,8 +99,8 @@ class RolloutWorker:
 
 
 class RolloutFleet:
-    """The trainer's side: ``workers`` Ray actors kept busy, one call in flight each; replaces a
-    dead worker and drops its running episodes (:meth:`collect`)."""
+    """The trainer's side: ``workers`` Ray actors kept busy, ``PIPELINE`` calls queued on each;
+    replaces a dead worker and drops its running episodes (:meth:`collect`)."""
 
     def __init__(self, settings: dict[str, Any], env_name: str, env_kwargs: dict[str, Any], seed: int,
                  spec: dict[str, Any]):
@@ -127,28 +130,32 @@ class RolloutFleet:
             self._version = version
 
     def collect(self, random: bool) -> list[tuple[list, dict]]:
-        """Keep one call in flight per worker; wait for at least one; its finished episodes.
+        """Keep ``PIPELINE`` calls queued per worker; wait for at least one; its finished episodes.
         A dead worker is replaced (its running episodes are gone) and yields nothing."""
         from ray.exceptions import RayActorError
 
         for k, worker in enumerate(self.workers):
-            if k not in self.inflight.values():
+            # two calls queued per worker: it steps the next while this process unpacks the last
+            while sum(1 for w, _ in self.inflight.values() if w is worker) < PIPELINE:
                 send = self._weights_ref if self.held[k] != self._version else None
                 fut = worker.run.remote(int(self.settings["steps_per_call"]), self._version, send, random)
                 self.held[k] = self._version
-                self.inflight[fut] = k
+                self.inflight[fut] = (worker, k)
         ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
         episodes = []
         for fut in ready:
-            k = self.inflight.pop(fut)
+            worker, k = self.inflight.pop(fut)
             try:
                 episodes += self.ray.get(fut)
             except RayActorError as err:
+                if self.workers[k] is not worker:  # a call queued on a worker already replaced
+                    continue
                 self.restarts += 1
                 log.warning("rollout worker %d died (%s); starting a replacement, its running episodes are dropped",
                             k, str(err).splitlines()[0][:120])
                 self.workers[k] = self._start(k)
                 self.held[k] = -1
+                self.inflight = {f: wk for f, wk in self.inflight.items() if wk[0] is not worker}
         return episodes
 
     def close(self) -> None:
