@@ -155,7 +155,7 @@ def table(result: dict) -> list[str]:
         eff = med[f"ray {k}"] / (k * med["ray 1"])
         lines.append(f"| {k} | {cell(rollout[f'local {k}'])} | {cell(rollout[f'ray {k}'])} | "
                      f"{med[f'ray {k}'] / med[f'local {k}']:.2f} | {eff:.2f} | "
-                     f"{statistics.median(startup[str(k)] if str(k) in startup else startup[k]):.1f} |")
+                     f"{statistics.median(startup[str(k)]):.1f} |")
     lines += ["", f"Ray path at 1 worker: **{result['overhead_1_worker']:.2f}×** the local path (target ≥ {TARGET}×). "
               f"One rollout worker's resident memory: {statistics.median(memory):.0f} MB.", "",
               f"| labeling ({episodes} episodes × {frames} frames, CLIP ViT-B/32, random weights) | frames/s | vs local "
@@ -179,14 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
     counts = [1, 2, 4]
     spec = sac_spec()
     rollout = {k: [] for k in ["local 1", *[f"local {k}" for k in counts[1:]], *[f"ray {k}" for k in counts]]}
-    startup, memory = {k: [] for k in counts}, []
+    startup, memory = {str(k): [] for k in counts}, []  # str keys: as they read back from ray.json
     for _ in range(rounds):
         for k in counts:
             rollout[f"local {k}"].append(local_rollout_rate(spec, k, steps))
             rate, start, mem = ray_rollout_rate(spec, k, steps)
             ray.shutdown()
             rollout[f"ray {k}"].append(rate)
-            startup[k].append(start)
+            startup[str(k)].append(start)
             memory.append(mem)
     labeling: dict[str, list[float]] = {}
     first: dict[str, list[float]] = {}

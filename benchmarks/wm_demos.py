@@ -139,8 +139,9 @@ def probe_one(method: str, seed: int, root: Path, data, source: str, train_episo
         policy = policies.from_spec(spec).eval()
         kl = float("nan")
     else:
-        policy = policies.load_policy(_source(root, method, seed, source))
-        kl = last(_source(root, method, seed, source), "kl")  # the posterior's KL to the prior at the last update
+        run_dir = _source(root, method, seed, source)
+        policy = policies.load_policy(run_dir)
+        kl = last(run_dir, "kl")  # the posterior's KL to the prior at the last update
     r2 = probe_r2(latent_features(policy, data), data, train_episodes)
     row = {"study": "probe", "source": source, "method": method, "seed": seed, "steps": DEFAULT_STEPS[source],
            "episodes": int(data["episode"].max()) + 1, "kl": kl, **{f"r2_{k}": v for k, v in r2.items()}}

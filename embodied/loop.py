@@ -119,11 +119,12 @@ class Trainer:
 
     def _ray_rollouts(self) -> dict[str, Any] | None:
         """The ``train.ray`` settings when they ask for Ray rollout workers, else None."""
+        from embodied.scale.cluster import ray_section
+        from embodied.scale.rollout import RolloutRaySection
+
         section = self.cfg.train.get("ray")
-        if section is None or not section.get("address"):
-            return None
-        return {"workers": 2, "envs_per_worker": 1, "num_cpus": 1.0, "steps_per_call": 16, "local_cpus": None,
-                **OmegaConf.to_container(section, resolve=True)}
+        return ray_section(None if section is None else OmegaConf.to_container(section, resolve=True),
+                           RolloutRaySection)
 
     def _check_ray_rollouts(self) -> None:
         """What Ray rollout workers do not cover yet: a one-line error before any work."""
@@ -361,7 +362,7 @@ class Trainer:
         if self.fleet is None:  # workers draw new episodes after a resume: the seed moves with the steps
             self.fleet = RolloutFleet(self.remote, cfg.env.name, self._env_kwargs,
                                       cfg.seed + self.counters["env_steps"], self.learner.policy().spec())
-        random = self.counters["env_steps"] < cfg.train.warmup_steps and not getattr(self.learner, "adapting", False)
+        random = self.counters["env_steps"] < cfg.train.warmup_steps  # adaptation runs are refused with workers
         if not random:
             self.fleet.publish(self.counters["updates"], self.learner.policy_weights())
         n = 0

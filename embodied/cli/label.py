@@ -30,7 +30,6 @@ def run(cfg) -> dict[str, Any]:
     from embodied.cli.schemas import LabelConfig
     from embodied.datasets.keys import DatasetKeys
     from embodied.datasets.read import open_dataset
-    from embodied.scale.labeling import ray_settings
     from embodied.schema import check
 
     check(cfg, LabelConfig)  # every setting, before the dataset is opened
@@ -42,12 +41,12 @@ def run(cfg) -> dict[str, Any]:
     if reward_cfg.get("name") == "env":
         raise ValueError("reward=env has no model to label with; choose reward=clip, gvl, vlac or rlvlmf")
 
-    ray = ray_settings(to_dict(cfg.ray) if cfg.get("ray") is not None else None)
     # a module-level function with plain arguments: what a Ray labeling actor receives and calls
     build: Callable[[], RewardModel] = functools.partial(seeded_reward, reward_cfg, int(cfg.seed))
     summary = label_dataset(ds, output, build, reward_cfg, cfg.camera, cfg.instruction, cfg.repo_id,
                             int(cfg.plot_episodes), preference_pairs=int(cfg.preference_pairs),
-                            preference_seed=int(cfg.seed), keys=keys, ray=ray)
+                            preference_seed=int(cfg.seed), keys=keys,
+                            ray=to_dict(cfg.ray) if cfg.get("ray") is not None else None)
     summary_line = {k: summary[k] for k in ("episodes", "episodes_labeled", "episodes_failed", "failed_queries",
                                             "reward_mean", "reward_std", "reward_min", "reward_max")}
     print(json.dumps({"output": str(output), **summary_line}))

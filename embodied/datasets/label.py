@@ -238,8 +238,11 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
     stored in ``<output>/meta/labeling.json``.
     """
     from embodied.datasets.read import open_dataset
+    from embodied.scale.cluster import ray_section
+    from embodied.scale.labeling import RaySection
     from rewards import find_oracle
 
+    ray = ray_section(ray, RaySection)  # None: this process labels
     ds = source if hasattr(source, "meta") else open_dataset(source)
     output = Path(output).expanduser().resolve()
     if output == Path(ds.root).resolve():
@@ -301,7 +304,11 @@ def label_dataset(source, output: str | Path, model: RewardModel | Callable[[], 
 
         from embodied.scale.labeling import label_on_ray
 
-        shipped = model if trainable or factory is None else factory  # a fitted module travels fitted
+        from embodied.scale.cluster import check_shippable
+
+        if trainable and factory is not None:  # fitted here: it travels fitted, not as the factory checked before
+            check_shippable(model, f"fitted reward module {type(model).__name__}")
+        shipped = model if trainable or factory is None else factory
         label_on_ray(ds, todo, shipped, camera, instruction, keys, ray, torch.get_num_threads(),
                      scripted is not None, record, show_progress)
     elif todo:

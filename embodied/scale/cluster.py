@@ -15,10 +15,11 @@ does not answer within a few seconds is a one-line error naming the address.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 log = logging.getLogger("embodied")
 
@@ -32,6 +33,17 @@ class Demand:
     what: str  # e.g. "labeling with ray.actors=4 x ray.num_gpus=1"
     cpus: float = 0.0
     gpus: float = 0.0
+
+
+def ray_section(section: Mapping[str, Any] | None, schema: type) -> dict[str, Any] | None:
+    """A ``ray:`` section as a plain dict, every key of ``schema`` filled with its default; None
+    when it asks for no cluster (no section, or ``address: null``)."""
+    if section is None:
+        return None
+    given = dict(section)
+    if not given.get("address"):
+        return None
+    return {**{f.name: f.default for f in dataclasses.fields(schema)}, **given}
 
 
 def _import_ray():
@@ -93,12 +105,12 @@ def require(ray, demand: Demand) -> dict[str, float]:
     return {"CPU": cpus, "GPU": gpus}
 
 
-def check_shippable(obj: Any, what: str) -> bytes:
-    """``obj`` serialised as Ray ships it (cloudpickle); a one-line error naming ``what`` when it
-    cannot be (an open socket, a lock, a CUDA stream...)."""
+def check_shippable(obj: Any, what: str) -> None:
+    """A one-line error naming ``what`` when Ray cannot serialise ``obj`` (cloudpickle) to ship it
+    to workers (an open socket, a lock, a CUDA stream...)."""
     ray = _import_ray()
     try:
-        return ray.cloudpickle.dumps(obj)
+        ray.cloudpickle.dumps(obj)
     except Exception as err:  # noqa: BLE001 - pickling raises many types; say what to fix
         first = str(err).splitlines()[0] if str(err) else ""
         raise ValueError(f"{what} cannot be shipped to Ray workers ({type(err).__name__}: {first}); build it from a "

@@ -34,71 +34,56 @@ READER_CPUS = 0.5  # decoding a short episode is light next to the reward module
 
 @dataclass
 class RaySection:
-    """``ray:`` of ``embodied-label`` (configs/label.yaml)."""
+    """``ray:`` of ``embodied-label`` (configs/label.yaml); the defaults fill a partial section."""
 
     address: str | None = None
-    actors: int = num(ge=1)
-    num_gpus: float = num(ge=0)
-    num_cpus: float = num(gt=0)
-    batch_size: int = num(ge=1)
-    readers: int = num(ge=1)
-    local_cpus: int | None = num(ge=1)
-
-
-def ray_settings(cfg: Any) -> dict[str, Any] | None:
-    """The ``ray:`` section as a dict, or None when it asks for no cluster (``address: null``)."""
-    if cfg is None:
-        return None
-    cfg = dict(cfg)
-    if not cfg.get("address"):
-        return None
-    defaults = {"actors": 1, "num_gpus": 0.0, "num_cpus": 1.0, "batch_size": 1, "readers": 1, "local_cpus": None}
-    return {**defaults, **cfg}
+    actors: int = num(1, ge=1)
+    num_gpus: float = num(0.0, ge=0)
+    num_cpus: float = num(1.0, gt=0)
+    batch_size: int = num(1, ge=1)
+    readers: int = num(1, ge=1)
+    local_cpus: int | None = num(None, ge=1)
 
 
 class _Reader:
     """One episode's frames (and its recorded truth, for a scripted oracle) from the dataset."""
 
     def __init__(self, root: str, camera: str, keys, with_truth: bool):
-        from embodied.datasets.read import open_dataset
+        from embodied.datasets.label import truth
+        from embodied.datasets.read import open_dataset, read_episode
 
         self.ds, self.camera, self.keys, self.with_truth = open_dataset(root), camera, keys, with_truth
+        self._read, self._truth = read_episode, truth
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from embodied.datasets.label import truth
-        from embodied.datasets.read import read_episode
-
-        ep = read_episode(self.ds, int(row["episode"]), [self.camera], self.keys)
+        ep = self._read(self.ds, int(row["episode"]), [self.camera], self.keys)
         return {"episode": int(row["episode"]), "frames": ep.frames[self.camera], "task": ep.task,
-                "truth": truth(ep) if self.with_truth else np.zeros(0)}
+                "truth": self._truth(ep) if self.with_truth else np.zeros(0)}
 
 
 class _Labeler:
     """An actor of the pool: the reward module, built once, labeling a batch of episodes."""
 
-    def __init__(self, shipped: bytes, instruction: str | None, threads: int):
-        import ray
+    def __init__(self, model, instruction: str | None, threads: int):
         import torch
 
         from embodied.contracts import RewardModel
+        from embodied.datasets.label import label_one
         from rewards import find_oracle
 
         torch.set_num_threads(int(threads))
-        obj = ray.cloudpickle.loads(shipped)
-        self.model = obj if isinstance(obj, RewardModel) else obj()
+        self.model = model if isinstance(model, RewardModel) else model()  # a module, or a factory of one
         self.scripted = find_oracle(self.model)
-        self.instruction = instruction
+        self.instruction, self._label = instruction, label_one
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from embodied.datasets.label import label_one
-
         out: dict[str, list] = {k: [] for k in ("episode", "rewards", "progress", "success", "ok", "error",
                                                 "failed_queries")}
         for k in range(len(batch["episode"])):
             frames = np.asarray(batch["frames"][k])
             if self.scripted is not None:
                 self.scripted.add_episode(frames, np.asarray(batch["truth"][k], np.float64))
-            labels = label_one(self.model, frames, self.instruction or str(batch["task"][k]))
+            labels = self._label(self.model, frames, self.instruction or str(batch["task"][k]))
             n = len(frames)
             out["episode"].append(int(batch["episode"][k]))
             out["rewards"].append(np.asarray(labels.rewards, np.float32)[:n])
@@ -129,7 +114,7 @@ def _labels(row: dict[str, Any]) -> EpisodeLabels:
 
 def open_cluster(settings: dict[str, Any]):
     """Join the cluster ``settings["address"]`` names and check the pool fits in it; the ``ray``
-    module. Called before anything is built or written (and again, at no cost, by :func:`label_on_ray`)."""
+    module. Called before anything is built or written."""
     from embodied.scale.cluster import Demand, connect, require
 
     ray = connect(settings["address"], settings.get("local_cpus"))
@@ -146,15 +131,13 @@ def label_on_ray(ds, todo: list[int], model, camera: str, instruction: str | Non
                  show_progress: bool = True) -> None:
     """Label episodes ``todo`` of ``ds`` on the cluster ``settings`` names; ``record(index, labels,
     n)`` is called here for each episode as its labels arrive. ``model``: a reward module or a
-    zero-argument function that builds one (what each actor receives)."""
+    zero-argument function that builds one (what each actor receives). The cluster was joined and
+    checked by :func:`open_cluster` before."""
     from pathlib import Path
 
+    import ray
     from tqdm import tqdm
 
-    from embodied.scale.cluster import check_shippable
-
-    payload = check_shippable(model, f"reward module {type(model).__name__}")
-    ray = open_cluster(settings)
     actors, readers = int(settings["actors"]), int(settings["readers"])
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -170,7 +153,7 @@ def label_on_ray(ds, todo: list[int], model, camera: str, instruction: str | Non
                 .map_batches(_Labeler, compute=ActorPoolStrategy(size=actors), batch_size=int(settings["batch_size"]),
                              batch_format="numpy", num_gpus=float(settings["num_gpus"]),
                              num_cpus=float(settings["num_cpus"]),
-                             fn_constructor_kwargs={"shipped": payload, "instruction": instruction,
+                             fn_constructor_kwargs={"model": model, "instruction": instruction,
                                                     "threads": threads}))
     bar = tqdm(total=ds.meta.total_episodes, initial=ds.meta.total_episodes - len(todo), desc="labeling (ray)",
                unit="ep", disable=not show_progress)

@@ -36,14 +36,14 @@ PIPELINE = 2  # calls queued per worker
 
 @dataclass
 class RolloutRaySection:
-    """``train.ray:`` of ``embodied-train`` (configs/config.yaml)."""
+    """``train.ray:`` of ``embodied-train`` (configs/config.yaml); the defaults fill a partial section."""
 
     address: str | None = None
-    workers: int = num(ge=1)
-    envs_per_worker: int = num(ge=1)
-    num_cpus: float = num(gt=0)
-    steps_per_call: int = num(ge=1)
-    local_cpus: int | None = num(ge=1)
+    workers: int = num(2, ge=1)
+    envs_per_worker: int = num(1, ge=1)
+    num_cpus: float = num(1.0, gt=0)
+    steps_per_call: int = num(16, ge=1)
+    local_cpus: int | None = num(None, ge=1)
 
 
 class RolloutWorker:
