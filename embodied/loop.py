@@ -21,6 +21,7 @@ and the end of a run, also writes the current policy alone (spec + weights) to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ class Trainer:
         self.env_free = cfg.env.name == "none"  # dataset-only offline training
         self.action_bounds = None  # env=none: the dataset's action range, mapped onto [-1, 1]
         self.remote, self.fleet, self._next_episode = None, None, 0
+        self._episode_ids: dict[tuple, int] = {}  # on-policy Ray rollouts: (worker, generation, its id) -> this run's
         if self.env_free:
             obs_space, act_space = self._dataset_spaces(inputs)
             self.venv = self.eval_env = None
@@ -130,8 +132,14 @@ class Trainer:
         """What Ray rollout workers do not cover yet: a one-line error before any work."""
         cfg = self.cfg
         if self.learner.on_policy:
-            raise ValueError(f"train.ray.address: Ray rollout workers feed off-policy learners (sac, iql, world_model) "
-                             f"so far; learner={cfg.learner.name} is on-policy: drop train.ray.address")
+            envs_total = int(self.remote["workers"]) * int(self.remote["envs_per_worker"])
+            if int(cfg.train.num_envs) != envs_total:
+                raise ValueError(f"learner={cfg.learner.name} with Ray workers trains on rollouts of train.num_envs envs, "
+                                 f"the workers' envs side by side: train.ray.workers x train.ray.envs_per_worker = "
+                                 f"{envs_total}, set train.num_envs={envs_total}")
+            if self.labeler.mode == "async":
+                raise ValueError(f"reward={cfg.reward.name} labels whole episodes after they end; on-policy Ray "
+                                 "rollouts take the env reward or a frame reward so far: drop train.ray.address")
         unsupported = {"a warm-up policy of the learner (residual's base)": hasattr(self.learner, "warmup_policy"),
                        "train.curriculum": bool(cfg.train.get("curriculum")),
                        "train.adapt_from": bool(cfg.train.get("adapt_from"))}
@@ -353,15 +361,24 @@ class Trainer:
         self.counters["env_steps"] += n
         self._pay_updates(n, metrics)
 
+    def _start_fleet(self):
+        """The Ray rollout workers (started on first use; after a resume they draw new episodes:
+        the seed moves with the steps)."""
+        from embodied.scale.rollout import RolloutFleet
+
+        if self.fleet is None:
+            self.fleet = RolloutFleet(self.remote, self.cfg.env.name, self._env_kwargs,
+                                      self.cfg.seed + self.counters["env_steps"], self.learner.policy().spec(),
+                                      on_policy=self.learner.on_policy)
+        return self.fleet
+
     def _remote_step(self, metrics: dict[str, float]) -> None:
         """Ray rollout workers (embodied/scale/rollout.py): the episodes they finished go to the
         labeler and replay as local envs' do, under this run's episode ids; then the updates owed."""
-        from embodied.scale.rollout import RolloutFleet, renumber
+        from embodied.scale.rollout import renumber
 
         cfg = self.cfg
-        if self.fleet is None:  # workers draw new episodes after a resume: the seed moves with the steps
-            self.fleet = RolloutFleet(self.remote, cfg.env.name, self._env_kwargs,
-                                      cfg.seed + self.counters["env_steps"], self.learner.policy().spec())
+        self._start_fleet()
         random = self.counters["env_steps"] < cfg.train.warmup_steps  # adaptation runs are refused with workers
         if not random:
             self.fleet.publish(self.counters["updates"], self.learner.policy_weights())
@@ -414,6 +431,52 @@ class Trainer:
             if episodic:
                 self.labeler.poll()
                 waited += self.labeler.wait_below(self.labeler.max_pending)
+        self._train_rollout(metrics, self.driver.obs, episodic, waited)
+
+    def _remote_rollout(self, metrics: dict[str, float]) -> None:
+        """On-policy with Ray workers: one fragment of T steps from each worker, with the weights
+        of this update, laid side by side as the rollout of ``train.num_envs`` envs (worker k's
+        envs after worker k-1's), its transitions through the labeler and collector in step order
+        as local envs' are, under this run's episode ids; then one update on it."""
+        from embodied.scale.rollout import concat_obs
+
+        fleet = self._start_fleet()
+        num_steps = self.collector.buffer.num_steps
+        fleet.publish(self.counters["updates"], self.learner.policy_weights())
+        fragments = fleet.fragments(num_steps)
+        self.collector.begin()
+        ids = self._episode_ids
+        live = set(enumerate(fleet.generation))
+        for key in [key for key in ids if key[:2] not in live]:  # a dead worker's running episodes end here
+            del ids[key]
+
+        def global_id(worker, local: int) -> int:
+            key = (*worker, local)
+            if key not in ids:
+                ids[key] = self._next_episode
+                self._next_episode += 1
+            return ids[key]
+
+        for s in range(num_steps):
+            env = 0
+            for frag in fragments:
+                for t in frag["steps"][s]:
+                    t = dataclasses.replace(t, episode_id=global_id(frag["worker"], t.episode_id))
+                    self._collect(t, env)
+                    if self.recorder is not None:
+                        self.recorder.add(t)
+                    env += 1
+        for frag in fragments:
+            for summary in frag["episodes"]:
+                episode = ids.pop((*frag["worker"], summary["episode_id"]))
+                self._on_episode({**summary, "episode_id": episode}, 0)
+        self.counters["env_steps"] += num_steps * self.collector.buffer.num_envs
+        metrics.update(self.labeler.maybe_feedback(self.counters["env_steps"]))
+        self._train_rollout(metrics, concat_obs([frag["obs"] for frag in fragments]), False, 0.0)
+
+    def _train_rollout(self, metrics: dict[str, float], last_obs: dict[str, Any], episodic: bool,
+                       waited: float) -> None:
+        """One update on the collected rollout (``last_obs``: the envs' observation after it)."""
         self.labeler.flush()  # a frame model scores the rollout's pending frames in one batch
         if episodic:
             self.labeler.poll()
@@ -427,7 +490,7 @@ class Trainer:
                 return  # no update: every step waits for the next rollout
         else:
             rollout = self.collector.finish(self.online)
-        last_value = self.learner.policy().value(self.driver.obs)
+        last_value = self.learner.policy().value(last_obs)
         metrics.update(self.learner.update_rollout(rollout, last_value))
         if episodic:
             metrics.update({"rollout/carried_out": float(self.collector.carrying), "rollout/label_wait_s": waited})
@@ -473,7 +536,8 @@ class Trainer:
         self.driver.reset(seed=cfg.seed + self.counters["env_steps"])
         advance = self._remote_step if self.remote else self._off_policy_step
         if self.collector is not None:
-            advance, rows = self._on_policy_rollout, self.collector.buffer.num_steps * self.venv.num_envs
+            advance = self._remote_rollout if self.remote else self._on_policy_rollout
+            rows = self.collector.buffer.num_steps * self.collector.buffer.num_envs
             if total % rows:
                 log.info("on-policy: train.total_steps=%d rounded up to whole rollouts of %d steps", total, rows)
         bar = tqdm(total=total, initial=self.counters["env_steps"], desc="train", unit="step")

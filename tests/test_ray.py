@@ -179,6 +179,48 @@ def test_sac_with_ray_rollout_workers_commits_whole_episodes_and_replaces_a_kill
 
 
 def test_ray_rollout_workers_refuse_what_they_do_not_run_yet(cluster, tmp_path):
-    with pytest.raises(ValueError, match="on-policy") as info:
+    with pytest.raises(ValueError, match="set train.num_envs=2") as info:  # PPO's rollout is the workers' envs
         _trainer(cluster, tmp_path, learner=("learner=ppo",))
     assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="labels whole episodes") as info:
+        _trainer(cluster, tmp_path, learner=(*PPO_TINY, "reward=gvl_oracle"))
+    assert "\n" not in str(info.value)
+
+
+PPO_TINY = ("learner=ppo", "learner.num_steps=32", "learner.num_minibatches=4", "learner.update_epochs=2",
+            "train.num_envs=2")
+
+
+def test_ppo_with_ray_rollout_workers_trains_on_whole_fragments_and_replaces_a_killed_worker(cluster, tmp_path):
+    trainer = _trainer(cluster, tmp_path, learner=PPO_TINY)
+    metrics: dict = {}
+    killed, rows, seen = None, 32 * 2, []
+    while trainer.counters["updates"] < 6:
+        if trainer.counters["updates"] == 2 and killed is None:  # its next fragment call meets a dead worker
+            trainer._start_fleet()
+            killed = ray.get(trainer.fleet.workers[1].pid.remote())
+            os.kill(killed, signal.SIGKILL)
+        before = trainer.counters["env_steps"]
+        trainer._remote_rollout(metrics)
+        assert trainer.counters["env_steps"] - before == rows and metrics["rollout/trained_steps"] == rows
+        seen.append(trainer.collector.buffer.data["meta"]["episode"].copy())  # (T, N) episode ids of the rollout
+    fleet = trainer.fleet
+    assert fleet.restarts == 1 and ray.get(fleet.workers[1].pid.remote()) != killed
+    replay = trainer.online
+    n = len(replay)
+    assert n == trainer.counters["env_steps"] == 6 * rows  # every step of every rollout stored once, no more
+    ids, steps = replay.episode_id[:n], replay.step[:n]
+    assert sorted(set(ids.tolist())) == list(range(trainer._next_episode))
+    for episode in set(ids.tolist()):  # each episode's steps consecutive from 0, never two of one step
+        got = sorted(steps[ids == episode].tolist())
+        assert got == list(range(len(got)))
+    columns: dict = {}  # an episode runs in one env column of the rollouts, never two
+    for rollout in seen:
+        for col in range(2):
+            for episode in set(rollout[:, col].tolist()):
+                columns.setdefault(episode, set()).add(col)
+    assert all(len(c) == 1 for c in columns.values())
+    # the replacement's env column starts a fresh episode in the rollout after the kill
+    assert seen[2][0, 1] not in set(seen[1][:, 1])
+    assert fleet._version == 5  # each fragment came from the weights of the update before it
+    fleet.close()
