@@ -182,7 +182,7 @@ def test_every_readme_command_is_run_or_exempt():
     commands = readme_commands()
     assert len(commands) >= 20, commands
     chains = (CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW
-              + CHAIN_WM)
+              + CHAIN_WM + CHAIN_REPORT)
     assert sorted(chains + INDEPENDENT) == sorted(runnable())
     assert all(exemption(c) for c in commands if c not in runnable())
 
@@ -196,6 +196,7 @@ CHAIN_RESIDUAL = [c for c in runnable() if any(k in c for k in ("push_sparse", "
 CHAIN_VLA = [c for c in runnable() if any(k in c for k in ("datasets/lang_reach", "runs/lang_vla_bc"))]
 CHAIN_FLOW = [c for c in runnable() if any(k in c for k in ("smolvla_lang_reach", "runs/lang_smolvla_ppo"))]
 CHAIN_WM = [c for c in runnable() if "reach_repo" in c]  # a RePo run, then its adaptation to a new background
+CHAIN_REPORT = [c for c in runnable() if "study" in c]  # runs over seeds, then embodied-report over them
 CHAIN_ROBOT = [c for c in runnable() if c not in CHAIN_RESIDUAL + CHAIN_VLA
                and c.startswith(("embodied-keygen", "mv", "embodied-learner", "embodied-actor"))]
 CHAIN_OWN_DATA = [c for c in runnable() if "/data/my_robot" in c]  # label a user's dataset, then env=none
@@ -203,12 +204,23 @@ CHAIN_LIBERO = [c for c in runnable() if "datasets/libero_object" in c or "runs/
 CHAIN_SIM_DATA = [c for c in runnable() if c not in CHAIN_LIBERO + CHAIN_RESIDUAL + CHAIN_VLA and not any(k in c for k in SIMULATORS) and any(
     k in c for k in ("kinds=[scripted]", "datasets/reach/scripted", "datasets/reach_vlmf"))]
 INDEPENDENT = [c for c in runnable() if c not in CHAIN_ROBOT + CHAIN_OWN_DATA + CHAIN_SIM_DATA + CHAIN_LIBERO
-               + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW + CHAIN_WM]
+               + CHAIN_RESIDUAL + CHAIN_VLA + CHAIN_FLOW + CHAIN_WM + CHAIN_REPORT]
 
 
 @pytest.mark.parametrize("command", INDEPENDENT)
 def test_command_runs_as_written(command, tmp_path, vlm_server):
     run(shrink(command, substitutions(vlm_server, tmp_path)), tmp_path)
+
+
+def test_report_commands_run_as_written_in_order(tmp_path):
+    """Two learners over two seeds each, then embodied-report over the four run folders."""
+    assert CHAIN_REPORT[-1].startswith("embodied-report") and len(CHAIN_REPORT) == 5
+    for command in CHAIN_REPORT:
+        proc = run(shrink(command, {}), tmp_path)
+    report = json.loads((tmp_path / "reports" / "study" / "report.json").read_text())
+    assert sorted(report["aggregates"]) == ["ppo", "sac"] and report["aggregates"]["sac"]["runs"] == 2
+    assert "ppo > sac" in report["probability_of_improvement"] and "| sac | reach | 2 |" in proc.stdout
+    assert (tmp_path / "reports" / "study" / "sample_efficiency.png").exists()
 
 
 def test_own_dataset_commands_run_as_written(tmp_path, vlm_server):

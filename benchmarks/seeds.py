@@ -1,0 +1,92 @@
+"""Multi-seed studies of the project's documented experiments, reported with ``embodied-report``.
+
+Each study is one ``embodied-train`` command run over seeds 0..N-1 (one thread each, as a user
+runs it); each finished run's record (``.hydra/config.yaml``, ``result.json``,
+``metrics.jsonl``: what ``embodied-report`` reads, not the checkpoints or videos) is kept in
+``benchmarks/results/runs/<study>/<run>/``, and the study's report (rliable IQM with 95 %
+stratified-bootstrap CIs, sample-efficiency curve, PNGs) is written to
+``benchmarks/results/reports/<study>/`` by the same code as
+
+    embodied-report benchmarks/results/runs/<study> --metric eval/success --out benchmarks/results/reports/<study>
+
+A rerun skips the seeds whose record is there already.
+
+    python -m benchmarks.seeds default --seeds 5       # the README's default run (SAC, reach, 8,000 steps)
+    python -m benchmarks.seeds ppo_reach --seeds 5     # PPO on reach, 2 envs x 512 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from benchmarks.runner import BIN, run_cli
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
+    "default": ("The default run: SAC from state on the built-in reach, 8,000 env steps (make train)",
+                [], ["eval/success", "eval/return"]),
+    "ppo_reach": ("PPO from state on reach, 2 envs x 512-step rollouts, 16 minibatches, 16,384 env steps",
+                  ["learner=ppo", "train.num_envs=2", "learner.num_steps=512", "learner.num_minibatches=16",
+                   "train.total_steps=16384", "eval.every=4096"], ["eval/success", "eval/return"]),
+    "pixels": ("SAC from 64x64 pixels on reach (+experiment=reach_pixels), 25,000 env steps",
+               ["+experiment=reach_pixels"], ["eval/success", "eval/return"]),
+}
+KEEP = (".hydra", "metrics.jsonl", "result.json")  # result.json last: it marks a finished record
+
+
+def run_seed(study: str, seed: int, scratch: Path) -> Path:
+    """One seed of ``study``; its record copied under results/runs/<study>/."""
+    _, overrides, _ = STUDIES[study]
+    record = RESULTS / "runs" / study / f"s{seed}"
+    run_dir = scratch / study / f"s{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished earlier attempt: start the seed again
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(BIN / "embodied-train"), *overrides, f"seed={seed}", "train.threads=1", "eval.video_episodes=0",
+           "wandb.mode=disabled", f"run_dir={run_dir}"]
+    result = run_cli(cmd, run_dir.with_suffix(".log"))
+    record.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        src = run_dir / name
+        if src.is_dir():
+            shutil.copytree(src, record / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, record / name)
+    (record / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
+    print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return'):.2f} "
+          f"in {result['seconds']:.0f} s", flush=True)
+    return record
+
+
+def report(study: str) -> str:
+    from embodied.report import make_report
+
+    title, _, metrics = STUDIES[study]
+    text = []
+    for metric in metrics:
+        out = RESULTS / "reports" / study / metric.replace("/", "_")
+        make_report([str(RESULTS / "runs" / study)], out, metric=metric, group_by=["learner", "reward"],
+                    title=f"{title}: {metric}")
+        text.append((out / "report.md").read_text())
+    return "\n".join(text)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--scratch", default="runs/seeds", help="where the full run folders go")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        for seed in range(args.seeds):
+            if not (RESULTS / "runs" / args.study / f"s{seed}" / "result.json").exists():
+                run_seed(args.study, seed, Path(args.scratch))
+    print(report(args.study))
+
+
+if __name__ == "__main__":
+    main()
