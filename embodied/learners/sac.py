@@ -271,7 +271,9 @@ class SAC(Learner):
         if batch.action.shape[0] != rows:
             raise ValueError(f"SAC.update expects batch_size * utd = {rows} rows, got {batch.action.shape[0]}")
         metrics: dict[str, torch.Tensor] = {}
-        for _, mini in minibatches(shuffled(batch, self.gen), cfg.batch_size, cfg.utd, self.shift, self.gen):
+        # one mini-batch (utd 1) trains critic and actor on all rows: their order does not matter
+        mixed = shuffled(batch, self.gen) if cfg.utd > 1 else batch
+        for _, mini in minibatches(mixed, cfg.batch_size, cfg.utd, self.shift, self.gen):
             loss, metrics, features = self.critic_loss(mini)
             self.critic_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,12 +284,12 @@ class SAC(Learner):
         self.updates += 1
         if self.updates % cfg.actor_every == 0:
             actor_loss, logp = self.actor_loss(mini.obs, features)
+            alpha_loss = self.alpha_loss(logp)  # on log pi before the actor's step, as in sequence
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-            alpha_loss = self.alpha_loss(logp)
             self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
+            # one backward for both: the actor loss holds alpha detached, the alpha loss log pi
+            (actor_loss + alpha_loss).backward()
+            self.actor_opt.step()
             self.alpha_opt.step()
             metrics.update({"loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
                             "entropy": -logp.detach().mean()})
