@@ -32,6 +32,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -130,7 +131,20 @@ def bench_ours(n: int, keys_dir: str | None, fsync: str = "batch") -> dict:
             "wire_bytes_per_transition": wire / BATCH}
 
 
-def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, bytes] | None = None) -> None:
+GROUP = 8  # messages per fsync in the durable ceiling (the actor link spools up to 8 batches per fsync)
+
+
+def _write_group(f, messages: list) -> None:
+    """Append messages to ``f`` and fsync: the least a durable path must do with each message."""
+    for frames in messages:
+        for frame in frames:
+            f.write(memoryview(getattr(frame, "buffer", frame)).cast("B"))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, bytes] | None = None,
+              durable: str | None = None) -> None:
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.PULL)
@@ -139,12 +153,22 @@ def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, byt
         sock.curve_server = True
     sock.bind(f"tcp://127.0.0.1:{port}")
     ready.set()
-    for _ in range(n_msgs):
-        sock.recv_multipart(copy=False)
+    log = open(durable, "wb") if durable else None
+    group = []
+    for i in range(n_msgs):
+        frames = sock.recv_multipart(copy=False)
+        if log is not None:
+            group.append(frames)
+            if len(group) == GROUP or i == n_msgs - 1:
+                _write_group(log, group)
+                group = []
     done.set()
 
 
-def bench_raw_zmq(n: int, curve: bool = False) -> dict:
+def bench_raw_zmq(n: int, curve: bool = False, durable: bool = False) -> dict:
+    """Bare PUSH/PULL of the bridge's messages; ``durable``: both sides also append every message
+    to a file on this disk and fsync once per 8 messages (the sender before sending them), the
+    bare ceiling of any path that keeps each message on disk at both ends."""
     import zmq
 
     from real_robot.bridge import schema
@@ -157,9 +181,12 @@ def bench_raw_zmq(n: int, curve: bool = False) -> dict:
     port = free_port()
     ready, done = ctx.Event(), ctx.Event()
     server = zmq.curve_keypair() if curve else None
-    proc = ctx.Process(target=_raw_sink, args=(port, msgs + 1, ready, done, server))
+    tmp = tempfile.mkdtemp()
+    proc = ctx.Process(target=_raw_sink, args=(port, msgs + 1, ready, done, server,
+                                               f"{tmp}/sink.log" if durable else None))
     proc.start()
     ready.wait(120)
+    spool = open(f"{tmp}/source.log", "wb") if durable else None
     sock = zmq.Context.instance().socket(zmq.PUSH)
     if curve:
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
@@ -168,12 +195,17 @@ def bench_raw_zmq(n: int, curve: bool = False) -> dict:
     sock.send_multipart(frames)
     time.sleep(0.2)
     t0 = time.perf_counter()
-    for _ in range(msgs):
-        sock.send_multipart(frames, copy=False)
+    for start in range(0, msgs, GROUP):
+        group = min(GROUP, msgs - start)
+        if spool is not None:
+            _write_group(spool, [frames] * group)
+        for _ in range(group):
+            sock.send_multipart(frames, copy=False)
     done.wait(600)
     dt = time.perf_counter() - t0
     sock.close(0)
     proc.join(30)
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"transitions_per_s": msgs * BATCH / dt, "MB_per_s": msgs * wire / dt / 1e6}
 
 
@@ -354,7 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
         plain = bench_ours(n, None)
         raw = bench_raw_zmq(n)
         raw_curve = bench_raw_zmq(n, curve=True)
-        print(f"ours plaintext: {plain}, raw ZMQ: {raw}, raw ZMQ CURVE: {raw_curve}", flush=True)
+        raw_durable = bench_raw_zmq(n, durable=True)
+        raw_curve_durable = bench_raw_zmq(n, curve=True, durable=True)
+        print(f"ours plaintext: {plain}, raw ZMQ: {raw}, raw ZMQ CURVE: {raw_curve}, durable: {raw_durable}, "
+              f"durable CURVE: {raw_curve_durable}", flush=True)
         reps = 2 if args.quick else 5
         b1, params = bench_broadcast(1, kdir, reps)
         b4, _ = bench_broadcast(4, kdir, reps)
@@ -363,7 +398,9 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "setup": f"{BATCH} transitions/message, two {IMG}x{IMG} cameras + {STATE}-d state, loopback",
         "lerobot_grpc": lerobot, "ours_curve": curve, "ours_curve_fsync_interval": curve_interval, "ours_plaintext": plain, "raw_zmq": raw,
-        "raw_zmq_curve": raw_curve,
+        "raw_zmq_curve": raw_curve, "raw_zmq_durable": raw_durable, "raw_zmq_curve_durable": raw_curve_durable,
+        "plaintext_fraction_of_durable_raw": plain["transitions_per_s"] / raw_durable["transitions_per_s"],
+        "curve_fraction_of_durable_raw_curve": curve["transitions_per_s"] / raw_curve_durable["transitions_per_s"],
         "ratio_curve_vs_lerobot": curve["transitions_per_s"] / lerobot["transitions_per_s"],
         "ratio_curve_fsync_interval_vs_lerobot": curve_interval["transitions_per_s"] / lerobot["transitions_per_s"],
         "plaintext_fraction_of_raw_zmq": plain["transitions_per_s"] / raw["transitions_per_s"],
@@ -393,12 +430,18 @@ def main(argv: list[str] | None = None) -> dict:
         f"| raw ZMQ PUSH/PULL ceiling | {raw['transitions_per_s']:.0f} | {raw['MB_per_s']:.1f} | |",
         f"| raw ZMQ PUSH/PULL with CURVE (encryption ceiling) | {raw_curve['transitions_per_s']:.0f} | "
         f"{raw_curve['MB_per_s']:.1f} | |",
+        f"| raw ZMQ PUSH/PULL, both ends write + fsync per 8 messages (durable ceiling) | "
+        f"{raw_durable['transitions_per_s']:.0f} | {raw_durable['MB_per_s']:.1f} | |",
+        f"| raw ZMQ PUSH/PULL with CURVE, durable as above | {raw_curve_durable['transitions_per_s']:.0f} | "
+        f"{raw_curve_durable['MB_per_s']:.1f} | |",
         "",
         f"**ours (CURVE) / LeRobot: {result['ratio_curve_vs_lerobot']:.1f}x** (fsync once a second: "
         f"{result['ratio_curve_fsync_interval_vs_lerobot']:.1f}x; target >= {TARGET:.0f}x); "
         f"plaintext = {100 * result['plaintext_fraction_of_raw_zmq']:.0f} % of the raw ZMQ ceiling; "
         f"CURVE = {100 * result['curve_fraction_of_raw_curve']:.0f} % of the raw CURVE ceiling, which itself is "
-        f"{result['raw_curve_vs_lerobot']:.1f}x LeRobot.",
+        f"{result['raw_curve_vs_lerobot']:.1f}x LeRobot. Against the durable ceilings (the same disk writes and "
+        f"fsyncs, no bridge): plaintext {result['plaintext_fraction_of_durable_raw']:.2f}x, "
+        f"CURVE {result['curve_fraction_of_durable_raw_curve']:.2f}x.",
         *before,
         "",
         f"Weight broadcast of a {params / 1e6:.1f} M-parameter policy (CURVE, rebuild + load on each actor): "

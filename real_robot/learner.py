@@ -93,6 +93,9 @@ class LearnerServer:
         from embodied.build import build_learner, build_replays
 
         self.cfg = cfg
+        # read per transition / message: plain attributes, not lookups through the config tree
+        self._residual = cfg.learner.name == "residual"
+        self._max_batch = int(cfg.bridge.max_batch_messages)
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -152,7 +155,7 @@ class LearnerServer:
 
     def _check(self, t) -> None:
         r = self.online
-        if self.cfg.learner.name == "residual" and "base_action" not in t.extras:
+        if self._residual and "base_action" not in t.extras:
             raise schema.SchemaError("learner=residual needs each transition's base action: start embodied-actor "
                                      "with base_policy=<the base checkpoint on the robot computer>")
         if r.has_state and np.shape(t.obs.get("state")) != (r.state_dim,):
@@ -222,7 +225,7 @@ class LearnerServer:
             except schema.SchemaError as exc:
                 self.counters["bad_messages"] += 1
                 log.error("dropped a malformed message from %s: %s", _who(peer, user), exc)
-            if handled >= self.cfg.bridge.max_batch_messages:
+            if handled >= self._max_batch:
                 break
             item = self.sock.recv(0)
         if acks:
