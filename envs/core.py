@@ -59,8 +59,13 @@ class ActionScaler:
             raise ValueError("cannot rescale an unbounded action space to [-1, 1]")
         self.low, self.high = low, high
         self.mid, self.half = (high + low) / 2.0, (high - low) / 2.0
+        # few dimensions: Python scalar maths beats four numpy calls on tiny arrays
+        self._scalar = list(zip(self.mid.tolist(), self.half.tolist())) if low.shape == (low.size,) and low.size <= 8 \
+            else None
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
+        if self._scalar is not None and type(action) is np.ndarray and action.shape == (len(self._scalar),):
+            return np.array([m + h * min(max(x, -1.0), 1.0) for x, (m, h) in zip(action.tolist(), self._scalar)])
         a = np.minimum(np.maximum(np.asarray(action, np.float64), -1.0), 1.0)  # cheaper than np.clip
         return self.mid + self.half * a
 

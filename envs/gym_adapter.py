@@ -149,7 +149,6 @@ class GymAdapter(gym.Wrapper):
         weight = getattr(self.env.unwrapped, "_reward_dist_weight", 0.0)
         # Reacher/Pusher already report -weight * distance: reuse it instead of recomputing
         d = -info["reward_dist"] / weight if weight and "reward_dist" in info else self._task_distance()
-        info = dict(info)
-        info["success"] = bool(d < self._distance[2])
+        info["success"] = bool(d < self._distance[2])  # the env's own fresh dict of this step
         info["progress"] = min(max(1.0 - float(d) / self._d0, 0.0), 1.0)
         return info
