@@ -56,20 +56,37 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
         else:
             shutil.copy2(src, record / name)
     (record / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
-    print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return'):.2f} "
+    print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return')} "
           f"in {result['seconds']:.0f} s", flush=True)
     return record
 
 
-def report(study: str) -> str:
+def check_record(study: str, seed: int) -> bool:
+    """True when seed's record is there, made with the study's current overrides (else an error)."""
+    record = RESULTS / "runs" / study / f"s{seed}"
+    if not (record / "result.json").exists():
+        return False
+    from omegaconf import OmegaConf
+
+    made = OmegaConf.load(record / ".hydra" / "overrides.yaml")
+    want = [o for o in STUDIES[study][1]]
+    if [o for o in made if not o.startswith(("seed=", "train.threads=", "eval.video_episodes=", "wandb.mode=",
+                                            "run_dir="))] != want:
+        raise SystemExit(f"{record} was made with overrides {list(made)}, the study now has {want}: "
+                         "delete the old records or keep the study as it was")
+    return True
+
+
+def report(study: str, seeds: int) -> str:
+    """The study's report over seeds 0..seeds-1 (the records of other seeds stay out)."""
     from embodied.report import make_report
 
     title, _, metrics = STUDIES[study]
+    runs = [str(RESULTS / "runs" / study / f"s{seed}") for seed in range(seeds)]
     text = []
     for metric in metrics:
         out = RESULTS / "reports" / study / metric.replace("/", "_")
-        make_report([str(RESULTS / "runs" / study)], out, metric=metric, group_by=["learner", "reward"],
-                    title=f"{title}: {metric}")
+        make_report(runs, out, metric=metric, group_by=["learner", "reward"], title=f"{title}: {metric}")
         text.append((out / "report.md").read_text())
     return "\n".join(text)
 
@@ -83,9 +100,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.report_only:
         for seed in range(args.seeds):
-            if not (RESULTS / "runs" / args.study / f"s{seed}" / "result.json").exists():
+            if not check_record(args.study, seed):
                 run_seed(args.study, seed, Path(args.scratch))
-    print(report(args.study))
+    print(report(args.study, args.seeds))
 
 
 if __name__ == "__main__":

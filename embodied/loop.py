@@ -61,6 +61,7 @@ class Trainer:
         self.action_bounds = None  # env=none: the dataset's action range, mapped onto [-1, 1]
         self.remote, self.fleet, self._next_episode = None, None, 0
         self._episode_ids: dict[tuple, int] = {}  # on-policy Ray rollouts: (worker, generation, its id) -> this run's
+        self._generations: list[int] | None = None  # on-policy Ray rollouts: each worker slot's generation last seen
         if self.env_free:
             obs_space, act_space = self._dataset_spaces(inputs)
             self.venv = self.eval_env = None
@@ -444,6 +445,11 @@ class Trainer:
         num_steps = self.collector.buffer.num_steps
         fleet.publish(self.counters["updates"], self.learner.policy_weights())
         fragments = fleet.fragments(num_steps)
+        per = int(self.remote["envs_per_worker"])
+        for k, (was, now) in enumerate(zip(self._generations or fleet.generation, fleet.generation)):
+            if was != now and hasattr(self.learner, "episodes_restarted"):  # a replaced worker's envs
+                self.learner.episodes_restarted(range(k * per, (k + 1) * per))
+        self._generations = list(fleet.generation)
         self.collector.begin()
         ids = self._episode_ids
         live = set(enumerate(fleet.generation))

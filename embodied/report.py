@@ -9,11 +9,12 @@ confidence intervals (rliable: runs are resampled within each task):
 
 * interquartile mean (IQM), mean, median (over tasks, of each task's mean), and the optimality gap (for scores in [0, 1]:
   a success rate, or normalised returns);
-* the probability of improvement of each group over each other (``--compare A:B``, default all
-  pairs), P(X > Y) averaged over tasks (Mann-Whitney U);
+* the probability of improvement of each group over each other (``--compare A:B``, default every
+  pair of groups that ran the same tasks), P(X > Y) averaged over tasks (Mann-Whitney U);
 * the performance profile: the fraction of runs scoring above tau, for tau over the scores;
 * the sample-efficiency curve: IQM against env steps from the evaluations in ``metrics.jsonl``
-  (each run read at the steps all runs of its group reached), with its interval band.
+  (each run read, at the evaluation steps between the group's latest first evaluation and its
+  earliest last one, at its last evaluation so far), with its interval band.
 
 Written to ``--out``: ``report.md`` (the tables), ``report.json`` (every figure), and
 ``aggregates.png``, ``profile.png``, ``sample_efficiency.png``. Scores of several tasks are only
@@ -49,6 +50,7 @@ class Run:
 
 
 def is_run(path: Path) -> bool:
+    """A run folder: finished (``result.json``) or not (``metrics.jsonl`` alone)."""
     return path.is_dir() and ((path / "result.json").is_file() or (path / "metrics.jsonl").is_file())
 
 
@@ -65,9 +67,13 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
             elif path.is_dir():
                 runs += sorted(p for p in path.iterdir() if is_run(p))
         if not runs:
-            raise FileNotFoundError(f"{pattern}: matches no run folder (one holding result.json or metrics.jsonl "
+            raise FileNotFoundError(f"{pattern}: matches no run folder (one holding result.json and metrics.jsonl "
                                     "from embodied-train)")
-        found += [r for r in runs if r not in found]
+        found += [r for r in runs if r.resolve() not in {f.resolve() for f in found}]
+    unfinished = [str(r) for r in found if not (r / "result.json").is_file()]
+    if unfinished:
+        raise ValueError(f"{unfinished[0]}{f' (and {len(unfinished) - 1} more)' if len(unfinished) > 1 else ''} has "
+                         "no result.json: an unfinished run (finish it with resume=true, or leave it out)")
     return found
 
 
@@ -86,10 +92,20 @@ def read_meta(path: Path) -> dict[str, Any]:
     if hydra.is_file():
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(hydra), resolve=False)
+        try:
+            cfg = OmegaConf.load(hydra)
+        except Exception as err:  # a hand-edited or truncated file
+            raise ValueError(f"{hydra}: not a readable config ({type(err).__name__}: {str(err).splitlines()[0]})") \
+                from None
+        try:  # ${train.num_envs} and the like become their values ...
+            return OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # ... unless one needs Hydra's runtime (${hydra:...}): then as written
+            return OmegaConf.to_container(cfg, resolve=False)
     own = path / "run.json"
     if own.is_file():
-        meta = json.loads(own.read_text())
+        meta = _json(own)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{own}: must be a JSON object naming learner, env, reward and seed")
         # run.json names the fields flat (learner, env, reward, seed): the config's nesting
         return {k: ({"name": v} if k in ("learner", "env", "reward") and not isinstance(v, dict) else v)
                 for k, v in meta.items()}
@@ -101,22 +117,35 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
 
 
+def _json(path: Path, text: str | None = None, line: int | None = None) -> Any:
+    try:
+        return json.loads(path.read_text() if text is None else text)
+    except ValueError as err:
+        where = f"{path}" + (f" line {line}" if line is not None else "")
+        raise ValueError(f"{where}: not valid JSON ({str(err).splitlines()[0]})") from None
+
+
 def read_run(path: Path, metric: str) -> Run:
     meta = read_meta(path)
-    curve: list[tuple[int, float]] = []
+    by_step: dict[int, float] = {}  # a resumed run logs some steps again: the last row logged counts
     logged: set[str] = set()
     if (path / "metrics.jsonl").is_file():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
+        for i, line in enumerate((path / "metrics.jsonl").read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = _json(path / "metrics.jsonl", line, i)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path / 'metrics.jsonl'} line {i}: not a JSON object")
             logged |= set(row)
-            value = _finite(row.get(metric))
-            if value is not None and "step" in row:
-                curve.append((int(row["step"]), value))
+            value, step = _finite(row.get(metric)), row.get("step")
+            if value is not None and isinstance(step, (int, float)) and not isinstance(step, bool):
+                by_step[int(step)] = value
+    curve = sorted(by_step.items())
     final = None
     if (path / "result.json").is_file():
-        result = json.loads((path / "result.json").read_text())
+        result = _json(path / "result.json")
+        if not isinstance(result, dict):
+            raise ValueError(f"{path / 'result.json'}: not a JSON object")
         logged |= set(result)
         final = _finite(result.get(metric))
     if final is None and curve:
@@ -125,7 +154,6 @@ def read_run(path: Path, metric: str) -> Run:
         near = sorted(k for k in logged if k.startswith(metric.split("/")[0]) and k != "step")[:6]
         raise ValueError(f"{path}: no {metric} in result.json or metrics.jsonl (it has {', '.join(near) or 'none'}); "
                          "pick --metric from those, or rerun it to the end")
-    curve.sort()
     return Run(path, meta, float(final), curve)
 
 
@@ -211,12 +239,27 @@ def build(run_dirs: Sequence[Path], metric: str, group_by: Sequence[str], task_k
     return Report(metric, groups, normalized, gamma if shared else None, norm)
 
 
+class _seeded:
+    """rliable's bootstraps draw from numpy's global generator (its ``random_state`` does not
+    reach every draw): seed it for the call, give the caller's state back after."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self):
+        self.saved = np.random.get_state()
+        np.random.seed(self.seed)
+
+    def __exit__(self, *exc):
+        np.random.set_state(self.saved)
+
+
 def _interval(score_dict: Mapping[str, Any], func, reps: int, seed: int) -> tuple[dict, dict]:
     import warnings
 
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # arch's notice that RandomState goes (rliable passes one)
+    with warnings.catch_warnings(), _seeded(seed):  # arch's notice that RandomState goes (rliable passes one)
         warnings.simplefilter("ignore", FutureWarning)
         return rly.get_interval_estimates(score_dict, func, reps=reps, confidence_interval_size=CONFIDENCE,
                                           random_state=np.random.RandomState(seed))
@@ -257,7 +300,8 @@ def improvement(report: Report, pairs: Sequence[tuple[str, str]], reps: int = 20
 
 
 def check_pairs(report: Report, compare: Sequence[str]) -> list[tuple[str, str]]:
-    """``A:B`` items (default: every pair of groups), each pair evaluated on the same tasks."""
+    """``A:B`` items, each pair evaluated on the same tasks (default: every pair of groups that
+    ran the same tasks)."""
     names = list(report.groups)
     if compare:
         pairs = []
@@ -266,8 +310,9 @@ def check_pairs(report: Report, compare: Sequence[str]) -> list[tuple[str, str]]
             if not sep or x not in report.groups or y not in report.groups:
                 raise ValueError(f"--compare {item}: write A:B with two of the groups {', '.join(names)}")
             pairs.append((x, y))
-    else:
-        pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+    else:  # every pair of groups that ran the same tasks
+        return [(x, y) for i, x in enumerate(names) for y in names[i + 1:]
+                if sorted(report.groups[x]) == sorted(report.groups[y])]
     for x, y in pairs:
         if sorted(report.groups[x]) != sorted(report.groups[y]):
             raise ValueError(f"--compare {x}:{y}: the groups ran different tasks ({', '.join(sorted(report.groups[x]))} "
@@ -275,7 +320,7 @@ def check_pairs(report: Report, compare: Sequence[str]) -> list[tuple[str, str]]
     return pairs
 
 
-def profiles(report: Report, points: int = 51, reps: int = 2000) -> dict[str, Any]:
+def profiles(report: Report, points: int = 51, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Performance profiles: the fraction of runs (pooled over tasks) scoring above tau."""
     from rliable import library as rly
 
@@ -283,7 +328,8 @@ def profiles(report: Report, points: int = 51, reps: int = 2000) -> dict[str, An
     every = np.concatenate([m.ravel() for m in matrices.values()])
     low, high = (0.0, 1.0) if report.gamma is not None else (float(every.min()), float(every.max()))
     taus = np.linspace(low, high if high > low else low + 1.0, points)
-    point, ci = rly.create_performance_profile(matrices, taus, reps=reps)
+    with _seeded(seed):
+        point, ci = rly.create_performance_profile(matrices, taus, reps=reps)
     return {"tau": taus.tolist(), **{g: {"fraction": point[g].tolist(), "ci": np.asarray(ci[g]).tolist()}
                                      for g in matrices}}
 
@@ -299,13 +345,16 @@ def curves(report: Report, reps: int = 500, seed: int = 0, max_points: int = 25)
         if any(not r.curve for r in runs):
             continue  # a run without evaluations in metrics.jsonl: no curve for its group
         reach = min(r.curve[-1][0] for r in runs)
-        grid = sorted({s for r in runs for s, _ in r.curve if s <= reach})
+        first = max(r.curve[0][0] for r in runs)  # no run is read before its first evaluation
+        grid = sorted({s for r in runs for s, _ in r.curve if first <= s <= reach})
+        if not grid:
+            continue
         if len(grid) > max_points:
             grid = [grid[int(i)] for i in np.linspace(0, len(grid) - 1, max_points).round()]
 
         def at(run: Run, step: int) -> float:
             before = [v for s, v in run.curve if s <= step]
-            return report.score(run, before[-1] if before else run.curve[0][1])
+            return report.score(run, before[-1])
 
         # (runs, tasks, steps)
         cube = np.array([[[at(r, s) for s in grid] for r in tasks[t]] for t in sorted(tasks)], float).transpose(1, 0, 2)
@@ -402,11 +451,12 @@ def make_report(patterns: Sequence[str], out: str | Path, metric: str = "eval/re
     report = build(runs, metric, group_by, task_key, normalize, gamma)
     pairs = check_pairs(report, compare)
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; choose a folder")
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise FileExistsError(f"--out {out}: {blocked} is a file; choose a folder")
     agg = aggregates(report, reps, seed)
     pi = improvement(report, pairs, reps, seed)
-    prof = profiles(report, reps=min(reps, 2000))
+    prof = profiles(report, reps=min(reps, 2000), seed=seed)
     curv = curves(report, reps=min(reps, 500), seed=seed)
     title = title or f"{metric} over {len(runs)} runs"
     data = {"metric": metric, "group_by": list(group_by), "task": task_key, "normalize": report.normalize,

@@ -195,6 +195,8 @@ def test_ppo_with_ray_rollout_workers_trains_on_whole_fragments_and_replaces_a_k
     trainer = _trainer(cluster, tmp_path, learner=PPO_TINY)
     metrics: dict = {}
     killed, rows, seen = None, 32 * 2, []
+    restarted: list = []  # env columns whose running returns (reward scaling) restarted
+    trainer.learner.episodes_restarted = lambda envs: restarted.append(list(envs))
     while trainer.counters["updates"] < 6:
         if trainer.counters["updates"] == 2 and killed is None:  # its next fragment call meets a dead worker
             trainer._start_fleet()
@@ -206,6 +208,7 @@ def test_ppo_with_ray_rollout_workers_trains_on_whole_fragments_and_replaces_a_k
         seen.append(trainer.collector.buffer.data["meta"]["episode"].copy())  # (T, N) episode ids of the rollout
     fleet = trainer.fleet
     assert fleet.restarts == 1 and ray.get(fleet.workers[1].pid.remote()) != killed
+    assert restarted == [[1]]  # the replacement's env column only, once
     replay = trainer.online
     n = len(replay)
     assert n == trainer.counters["env_steps"] == 6 * rows  # every step of every rollout stored once, no more

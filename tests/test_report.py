@@ -155,3 +155,30 @@ def test_the_command_writes_the_report(tmp_path):
     assert "| sac/env | reach | 3 | 0.50 [" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["aggregates.png", "profile.png", "report.json",
                                                                     "report.md", "sample_efficiency.png"]
+
+
+def test_reports_rerun_to_the_same_figures_and_resumed_runs_count_their_last_evaluation(tmp_path):
+    for s in range(4):  # seed 0 was resumed: step 200 logged twice, the later row (1.0) is what stands
+        curve = [(100, {"eval/success": 0.0}), (200, {"eval/success": 0.0})]
+        curve += [(200, {"eval/success": 1.0})] if s == 0 else []
+        curve += [(300, {"eval/success": [1.0, 0.5, 0.5, 0.0][s]})]
+        fake_run(tmp_path / "runs", f"s{s}", "sac", "reach", s, {"eval/success": [1.0, 0.5, 0.5, 0.0][s]}, curve=curve)
+    first = make_report([str(tmp_path / "runs")], tmp_path / "a", metric="eval/success", group_by=["learner"], reps=300)
+    again = make_report([str(tmp_path / "runs")], tmp_path / "b", metric="eval/success", group_by=["learner"], reps=300)
+    assert first["aggregates"] == again["aggregates"] and first["performance_profile"] == again["performance_profile"]
+    assert first["sample_efficiency"] == again["sample_efficiency"]
+    assert first["sample_efficiency"]["sac"]["iqm"][1] == pytest.approx(0.0)  # at 200: 1.0, 0, 0, 0 -> IQM 0
+
+
+def test_unfinished_runs_are_named_and_default_comparisons_skip_groups_on_other_tasks(tmp_path):
+    for s in range(2):
+        fake_run(tmp_path / "runs", f"sac_reach_s{s}", "sac", "reach", s, {"eval/success": 1.0})
+        fake_run(tmp_path / "runs", f"sac_push_s{s}", "sac", "push", s, {"eval/success": 0.5})
+        fake_run(tmp_path / "runs", f"ppo_reach_s{s}", "ppo", "reach", s, {"eval/success": 0.5})
+    data = make_report([str(tmp_path / "runs")], tmp_path / "out", metric="eval/success", group_by=["learner", "env"],
+                       reps=200)  # sac/reach, sac/push, ppo/reach: only the two reach groups are compared
+    assert list(data["probability_of_improvement"]) == ["ppo/reach > sac/reach"]
+    (tmp_path / "runs" / "sac_push_s1" / "result.json").unlink()  # a run still going
+    with pytest.raises(ValueError, match="sac_push_s1 has no result.json: an unfinished run"):
+        make_report([str(tmp_path / "runs")], tmp_path / "out2", metric="eval/success", reps=200)
+    assert not (tmp_path / "out2").exists()

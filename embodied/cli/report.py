@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--normalize", action="append", default=[], metavar="TASK=LOW:HIGH",
                         help="score = (x - low) / (high - low) on that task; needed to pool raw returns of tasks")
     parser.add_argument("--compare", action="append", default=[], metavar="A:B",
-                        help="probability that group A improves on B (default: every pair)")
+                        help="probability that group A improves on B (default: every pair of groups on the same tasks)")
     parser.add_argument("--gamma", type=float, default=1.0, help="the optimality gap's threshold")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--title", default=None)

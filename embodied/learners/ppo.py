@@ -198,6 +198,11 @@ class PPO(Learner):
     def rows_per_update(self) -> int:
         return self.cfg.num_steps * self.cfg.num_envs
 
+    def episodes_restarted(self, envs) -> None:
+        """Envs ``envs`` start new episodes without a done (a replaced rollout worker's): their
+        running discounted returns (reward scaling) restart."""
+        self.returns[list(envs)] = 0.0
+
     # ------------------------------------------------------------------ rollout -> batch
     def scale_rewards(self, reward: np.ndarray, done: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """(T, N) rewards / sqrt(var(discounted return) + 1e-8), clipped, in time order (SB3
