@@ -439,22 +439,21 @@ class Trainer:
         of this update, laid side by side as the rollout of ``train.num_envs`` envs (worker k's
         envs after worker k-1's), its transitions through the labeler and collector in step order
         as local envs' are, under this run's episode ids; then one update on it."""
-        from embodied.scale.rollout import concat_obs
+        from embodied.replay.nstep import concat
 
         fleet = self._start_fleet()
         num_steps = self.collector.buffer.num_steps
         fleet.publish(self.counters["updates"], self.learner.policy_weights())
         fragments = fleet.fragments(num_steps)
-        per = int(self.remote["envs_per_worker"])
+        ids, per = self._episode_ids, int(self.remote["envs_per_worker"])
         for k, (was, now) in enumerate(zip(self._generations or fleet.generation, fleet.generation)):
-            if was != now and hasattr(self.learner, "episodes_restarted"):  # a replaced worker's envs
-                self.learner.episodes_restarted(range(k * per, (k + 1) * per))
+            if was != now:  # slot k's worker was replaced: its envs start new episodes without a done
+                for key in [key for key in ids if key[:2] == (k, was)]:  # the dead worker's running episodes end
+                    del ids[key]
+                if hasattr(self.learner, "episodes_restarted"):
+                    self.learner.episodes_restarted(range(k * per, (k + 1) * per))
         self._generations = list(fleet.generation)
         self.collector.begin()
-        ids = self._episode_ids
-        live = set(enumerate(fleet.generation))
-        for key in [key for key in ids if key[:2] not in live]:  # a dead worker's running episodes end here
-            del ids[key]
 
         def global_id(worker, local: int) -> int:
             key = (*worker, local)
@@ -478,7 +477,7 @@ class Trainer:
                 self._on_episode({**summary, "episode_id": episode}, 0)
         self.counters["env_steps"] += num_steps * self.collector.buffer.num_envs
         metrics.update(self.labeler.maybe_feedback(self.counters["env_steps"]))
-        self._train_rollout(metrics, concat_obs([frag["obs"] for frag in fragments]), False, 0.0)
+        self._train_rollout(metrics, concat([frag["obs"] for frag in fragments]), False, 0.0)
 
     def _train_rollout(self, metrics: dict[str, float], last_obs: dict[str, Any], episodic: bool,
                        waited: float) -> None:

@@ -245,15 +245,3 @@ def renumber(transitions: list, episode_id: int) -> list:
     """An episode's transitions under the trainer's episode id."""
     return [dataclasses.replace(t, episode_id=episode_id) for t in transitions]
 
-
-def concat_obs(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batched observation dicts (one per worker) side by side along the env axis."""
-    out: dict[str, Any] = {}
-    for key, value in batches[0].items():
-        if isinstance(value, dict):
-            out[key] = concat_obs([b[key] for b in batches])
-        elif key == "instruction":
-            out[key] = [s for b in batches for s in b[key]]
-        else:
-            out[key] = np.concatenate([np.asarray(b[key]) for b in batches])
-    return out
