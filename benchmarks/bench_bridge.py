@@ -21,6 +21,10 @@ Weight broadcast: a 10 M-parameter ``GaussianActor`` published by the learner so
 and loaded the weights. Loop jitter: the actor loop on the sim reach robot with a
 256x256 policy at 10 Hz and 50 Hz. Writes ``benchmarks/results/bridge.{json,md}``.
 
+Every process of every path (ours, the raw ceilings, LeRobot's) runs with the allocator
+settings the bridge's own processes use (:func:`real_robot.bridge.memory.keep_freed_buffers`),
+so the ratios compare the transports, not glibc's defaults.
+
     python -m benchmarks.bench_bridge [--quick]
 """
 
@@ -147,6 +151,9 @@ def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, byt
               durable: str | None = None) -> None:
     import zmq
 
+    from real_robot.bridge.memory import keep_freed_buffers
+
+    keep_freed_buffers()
     sock = zmq.Context.instance().socket(zmq.PULL)
     if server_keys:
         sock.curve_publickey, sock.curve_secretkey = server_keys
@@ -233,6 +240,10 @@ def _lerobot_learner(port: int, n: int, ready, done) -> None:
     import torch
     from lerobot.rl.learner_service import LearnerService
     from lerobot.transport import services_pb2_grpc
+
+    from real_robot.bridge.memory import keep_freed_buffers
+
+    keep_freed_buffers()
     from lerobot.transport.utils import MAX_MESSAGE_SIZE, bytes_to_transitions
 
     torch.set_num_threads(1)
@@ -367,7 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from real_robot.bridge import keys
+    from real_robot.bridge.memory import keep_freed_buffers
 
+    keep_freed_buffers()
     torch.set_num_threads(1)
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     n = 1600 if args.quick else 6400

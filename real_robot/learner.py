@@ -91,7 +91,9 @@ class LearnerServer:
     def __init__(self, cfg, run_dir: str | Path, sock: LearnerSocket | None = None):
         from embodied.build import make_labeler
         from embodied.build import build_learner, build_replays
+        from real_robot.bridge.memory import keep_freed_buffers
 
+        keep_freed_buffers()  # received camera frames from the heap, not fresh mmap pages
         self.cfg = cfg
         # read per transition / message: plain attributes, not lookups through the config tree
         self._residual = cfg.learner.name == "residual"

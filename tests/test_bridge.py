@@ -127,6 +127,59 @@ def test_spool_survives_a_torn_tail_and_reads_back(tmp_path):
     assert [f for _, _, f in sp.records(start)] == records[3:] + [[b"after"]]
 
 
+def _esp1_record(frames: list[bytes]) -> bytes:
+    """A record as spools wrote it before xxh3 (magic ESP1, u32 CRC32), built by hand."""
+    import struct
+    import zlib
+
+    payload = b"".join(struct.pack("<Q", len(f)) + f for f in frames)
+    return struct.pack("<4sIQI", b"ESP1", len(frames), len(payload), zlib.crc32(payload)) + payload
+
+
+def test_spool_reads_old_crc32_records_and_appends_xxh3_after_them(tmp_path):
+    old = [[b"hdr", bytes(range(256)) * 40], [b"x"]]
+    (tmp_path / "seg_00000000.spool").write_bytes(b"".join(_esp1_record(r) for r in old))
+    sp = Spool(tmp_path)
+    assert [f for _, _, f in sp.records()] == old  # an actor upgraded with a full spool resends it
+    sp.append([b"new", b"frame"])
+    sp.close()
+    data = (tmp_path / "seg_00000000.spool").read_bytes()
+    assert data.count(b"ESP2") == 1 and data.count(b"ESP1") == 2
+    assert [f for _, _, f in Spool(tmp_path).records()] == old + [[b"new", b"frame"]]
+
+
+def test_spool_drops_a_record_whose_checksum_does_not_match(tmp_path):
+    sp = Spool(tmp_path)
+    sp.append([b"keep"])
+    end = sp.end().offset
+    sp.append([b"flipped-byte"])
+    sp.close()
+    path = tmp_path / "seg_00000000.spool"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last payload byte: the xxh3 digest no longer matches
+    path.write_bytes(bytes(data))
+    sp = Spool(tmp_path)
+    assert [f for _, _, f in sp.records()] == [[b"keep"]] and path.stat().st_size == end
+    old = bytearray(_esp1_record([b"old"]))
+    old[-1] ^= 0xFF  # and a bad CRC32 on an old record
+    path.write_bytes(bytes(old))
+    assert list(Spool(tmp_path).records()) == []
+
+
+def test_keep_freed_buffers_sets_glibc_thresholds_unless_the_user_set_them():
+    import subprocess
+    import sys
+
+    code = ("from real_robot.bridge.memory import keep_freed_buffers as k; "
+            "print(k(), k())")  # the second call answers without calling mallopt again
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_spool_rejects_unknown_policy_and_counters_persist(tmp_path):
     with pytest.raises(ValueError, match="fsync policy"):
         Spool(tmp_path, fsync="sometimes")

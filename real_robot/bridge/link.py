@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from real_robot.bridge import schema
+from real_robot.bridge.memory import keep_freed_buffers
 from real_robot.bridge.spool import Counters, Spool
 from real_robot.bridge.transport import ActorSocket
 
@@ -42,6 +43,7 @@ class ActorLink:
                  heartbeat: float = 0.5, learner_timeout: float = 3.0, resend_after: float = 2.0,
                  window: int = 64, segment_bytes: int = 16 << 20,
                  build_policy: Callable[[dict, dict], Any] | None = None):
+        keep_freed_buffers()  # per-message camera batches from the heap, not fresh mmap pages
         self.actor_id = actor_id
         self.public_key = str(Path(secret_key).with_suffix(".key")) if secret_key else "this actor's .key file"
         self.sock = ActorSocket(address, actor_id, secret_key, server_key, insecure_loopback)

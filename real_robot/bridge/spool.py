@@ -3,8 +3,12 @@
 A spool is a folder of segment files ``seg_<n>.spool``. Each record is a list of byte
 frames (exactly the frames of a bridge message, so resending reads and sends them):
 
-    magic b"ESP1" | u32 frame count | u64 payload bytes | u32 crc32 of payload
+    magic b"ESP2" | u32 frame count | u64 payload bytes | u64 xxh3-64 of payload
     payload = for each frame: u64 length | bytes
+
+Records written before the checksum became xxh3 (magic b"ESP1", u32 CRC32) are still read;
+new records are ESP2 (xxh3 runs at ~30 GB/s against CRC32's ~2 GB/s: on 1.6 MB camera
+batches that was 0.9 ms of each append).
 
 Records are only appended. A record cut short by a crash (or with a bad checksum) ends
 the readable part of its segment; on open the tail is truncated so appends resume
@@ -31,8 +35,12 @@ import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-MAGIC = b"ESP1"
-HEAD = struct.Struct("<4sIQI")
+import xxhash
+
+MAGIC = b"ESP2"
+HEAD = struct.Struct("<4sIQQ")
+MAGIC_V1 = b"ESP1"  # CRC32 records of older spools: read, never written
+HEAD_V1 = struct.Struct("<4sIQI")
 LEN = struct.Struct("<Q")
 MAX_RECORD = 1 << 31
 FSYNC_POLICIES = ("batch", "interval", "never")
@@ -90,11 +98,12 @@ class Spool:
         size = sum(len(v) for v in views) + LEN.size * len(views)
         if size > MAX_RECORD:
             raise ValueError(f"spool record of {size} bytes exceeds {MAX_RECORD}")
-        crc = 0
+        digest = xxhash.xxh3_64()
         for ln, v in zip(lens, views):
-            crc = zlib.crc32(v, zlib.crc32(ln, crc))
+            digest.update(ln)
+            digest.update(v)
         start = self.end()
-        self._file.write(HEAD.pack(MAGIC, len(views), size, crc))
+        self._file.write(HEAD.pack(MAGIC, len(views), size, digest.intdigest()))
         for ln, v in zip(lens, views):
             self._file.write(ln)
             self._file.write(v)
@@ -191,16 +200,19 @@ def _fsync_close(fd: int) -> None:
 
 def _read_record(f) -> list[bytes] | None:
     start = f.tell()
-    head = f.read(HEAD.size)
-    if len(head) < HEAD.size:
+    magic = f.read(4)
+    fmt = HEAD if magic == MAGIC else HEAD_V1 if magic == MAGIC_V1 else None
+    head = magic + f.read(fmt.size - 4) if fmt is not None else b""
+    if fmt is None or len(head) < fmt.size:
         f.seek(start)
         return None
-    magic, count, size, crc = HEAD.unpack(head)
-    if magic != MAGIC or size > MAX_RECORD:
+    _, count, size, check = fmt.unpack(head)
+    if size > MAX_RECORD:
         f.seek(start)
         return None
     payload = f.read(size)
-    if len(payload) < size or zlib.crc32(payload) != crc:
+    digest = xxhash.xxh3_64_intdigest if fmt is HEAD else zlib.crc32
+    if len(payload) < size or digest(payload) != check:
         f.seek(start)
         return None
     frames, pos, view = [], 0, memoryview(payload)
