@@ -12,7 +12,8 @@ stratified-bootstrap CIs, sample-efficiency curve, PNGs) is written to
 A rerun skips the seeds whose record is there already.
 
     python -m benchmarks.seeds default --seeds 5       # the README's default run (SAC, reach, 8,000 steps)
-    python -m benchmarks.seeds ppo_reach --seeds 5     # PPO on reach, 2 envs x 512 steps
+    python -m benchmarks.seeds ppo_reach --seeds 5     # PPO on reach (+experiment=ppo_reach)
+    python -m benchmarks.seeds push --only 0,2,4 & python -m benchmarks.seeds push --only 1,3   # two at a time
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ RESULTS = HERE / "results"
 STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
     "default": ("The default run: SAC from state on the built-in reach, 8,000 env steps (make train)",
                 [], ["eval/success", "eval/return"]),
-    "ppo_reach": ("PPO from state on reach, 2 envs x 512-step rollouts, 16 minibatches, 16,384 env steps",
-                  ["learner=ppo", "train.num_envs=2", "learner.num_steps=512", "learner.num_minibatches=16",
-                   "train.total_steps=16384", "eval.every=4096"], ["eval/success", "eval/return"]),
+    "ppo_reach": ("PPO from state on reach (+experiment=ppo_reach: 1 env x 1024-step rollouts, 16,384 env steps)",
+                  ["+experiment=ppo_reach"], ["eval/success", "eval/return"]),
+    "push": ("SAC from state on the built-in push, defaults (2x256, 2 LayerNorm critics, UTD 1), 100,000 env steps, "
+             "eval on 20 episodes every 10,000", ["env=push", "train.total_steps=100000", "eval.every=10000",
+                                                  "eval.episodes=20", "checkpoint.every=20000"],
+             ["eval/success", "eval/return"]),
     "pixels": ("SAC from 64x64 pixels on reach (+experiment=reach_pixels), 25,000 env steps",
                ["+experiment=reach_pixels"], ["eval/success", "eval/return"]),
 }
@@ -97,11 +101,17 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--scratch", default="runs/seeds", help="where the full run folders go")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--only", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="run just these seeds (e.g. 1,3: two calls side by side); report once all are in")
     args = parser.parse_args(argv)
     if not args.report_only:
-        for seed in range(args.seeds):
+        for seed in args.only if args.only is not None else range(args.seeds):
             if not check_record(args.study, seed):
                 run_seed(args.study, seed, Path(args.scratch))
+    missing = [seed for seed in range(args.seeds) if not check_record(args.study, seed)]
+    if missing:
+        print(f"{args.study}: seeds {missing} have no record yet; the report waits for all {args.seeds}")
+        return
     print(report(args.study, args.seeds))
 
 
