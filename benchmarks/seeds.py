@@ -35,6 +35,13 @@ STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
              "eval on 20 episodes every 10,000", ["env=push", "train.total_steps=100000", "eval.every=10000",
                                                   "eval.episodes=20", "checkpoint.every=20000"],
              ["eval/success", "eval/return"]),
+    # SAC vs stable-baselines3 on harder gymnasium tasks: ours here, SB3's side in gym_vs_sb3.py
+    "hopper": ("SAC from state on gymnasium Hopper-v5, defaults, 100,000 env steps, eval on 10 episodes every 10,000",
+               ["env=gym_hopper", "train.total_steps=100000", "eval.every=10000", "checkpoint.every=50000"],
+               ["eval/return"]),
+    "halfcheetah": ("SAC from state on gymnasium HalfCheetah-v5, defaults, 100,000 env steps, eval on 10 episodes "
+                    "every 10,000", ["env=gym_halfcheetah", "train.total_steps=100000", "eval.every=10000",
+                                     "checkpoint.every=50000"], ["eval/return"]),
     "pixels": ("SAC from 64x64 pixels on reach (+experiment=reach_pixels), 25,000 env steps",
                ["+experiment=reach_pixels"], ["eval/success", "eval/return"]),
 }
