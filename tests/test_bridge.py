@@ -86,6 +86,8 @@ def test_malformed_messages_get_one_line_reasons():
     _bad([msgpack.packb({**header, "n": 5}), *good[1:]], "rows")
     _bad([msgpack.packb(msgpack.ExtType(1, b"x"))], "extension")
     _bad([msgpack.packb({"v": 1, "t": "ack", "a": [], "seqs": [1], "x": b"bin"})], "msgpack")
+    huge = [["x", "float64", [0, 2**31 - 1, 2**31 - 1]]]  # 0 bytes, like its empty frame, but unbuildable
+    _bad([msgpack.packb({"v": 1, "t": "ack", "a": huge, "seqs": [1]}), b""], "cannot be built")
 
 
 def test_fuzzed_frames_never_crash_decode():
@@ -166,6 +168,25 @@ def test_spool_drops_a_record_whose_checksum_does_not_match(tmp_path):
     assert list(Spool(tmp_path).records()) == []
 
 
+def test_spool_checksum_covers_the_header_and_a_torn_new_header_is_dropped(tmp_path):
+    sp = Spool(tmp_path)
+    sp.append([b"keep"])
+    end = sp.end().offset
+    sp.append([b"one", b"two"])
+    sp.close()
+    path = tmp_path / "seg_00000000.spool"
+    data = bytearray(path.read_bytes())
+    data[end + 4] = 1  # frame count 2 -> 1: the payload alone would still hash the same
+    path.write_bytes(bytes(data[: len(data)]))
+    assert [f for _, _, f in Spool(tmp_path).records()] == [[b"keep"]] and path.stat().st_size == end
+    with open(path, "ab") as f:
+        f.write(b"ESP2\x02\x00\x00\x00\x10")  # a crash inside the new header
+    sp = Spool(tmp_path)
+    sp.append([b"after"])
+    assert [f for _, _, f in sp.records()] == [[b"keep"], [b"after"]]
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_buffers_sets_glibc_thresholds_unless_the_user_set_them():
     import subprocess
     import sys

@@ -10,7 +10,8 @@ such blocks come from, and go back to, the heap: the process keeps up to ``trim_
 freed memory mapped instead of handing it back to the OS.
 
 It changes the whole process's allocator, once; it does nothing off glibc, and nothing
-where the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (theirs win).
+where the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or a
+``glibc.malloc`` tunable in ``GLIBC_TUNABLES`` (theirs win).
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ def keep_freed_buffers(mmap_bytes: int = 32 << 20, trim_bytes: int = 256 << 20) 
     global _done
     if _done is not None:
         return _done
+    for value, name in ((mmap_bytes, "mmap_bytes"), (trim_bytes, "trim_bytes")):
+        if not 0 < int(value) < 2**31:  # mallopt takes a C int
+            raise ValueError(f"keep_freed_buffers: {name} must be in (0, 2**31), got {value}")
     _done = False
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_") \
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return _done
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -38,5 +43,6 @@ def keep_freed_buffers(mmap_bytes: int = 32 << 20, trim_bytes: int = 256 << 20) 
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
         return _done
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(M_MMAP_THRESHOLD, int(mmap_bytes))) and bool(mallopt(M_TRIM_THRESHOLD, int(trim_bytes)))
+    # trim first: if glibc refuses it, the mmap threshold is left as it was
+    _done = bool(mallopt(M_TRIM_THRESHOLD, int(trim_bytes))) and bool(mallopt(M_MMAP_THRESHOLD, int(mmap_bytes)))
     return _done

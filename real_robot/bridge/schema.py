@@ -140,7 +140,10 @@ def _array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     expected = math.prod(shape) * dt.itemsize  # exact ints (dims < 2**31): np.prod cost 6 % of the learner
     if expected != len(buf):
         raise SchemaError(f"array {name!r}: {dtype}{tuple(shape)} needs {expected} bytes, frame has {len(buf)}")
-    return name, np.frombuffer(buf, dtype=dt).reshape(shape)
+    try:  # a zero dimension beside huge ones matches an empty frame, but numpy cannot hold the shape
+        return name, np.frombuffer(buf, dtype=dt).reshape(shape)
+    except ValueError as err:
+        raise SchemaError(f"array {name!r}: shape {shape[:MAX_NDIM]} cannot be built ({err})") from None
 
 
 # ---------------------------------------------------------------- transitions batches

@@ -3,7 +3,7 @@
 A spool is a folder of segment files ``seg_<n>.spool``. Each record is a list of byte
 frames (exactly the frames of a bridge message, so resending reads and sends them):
 
-    magic b"ESP2" | u32 frame count | u64 payload bytes | u64 xxh3-64 of payload
+    magic b"ESP2" | u32 frame count | u64 payload bytes | u64 xxh3-64 of (count, bytes, payload)
     payload = for each frame: u64 length | bytes
 
 Records written before the checksum became xxh3 (magic b"ESP1", u32 CRC32) are still read;
@@ -39,6 +39,7 @@ import xxhash
 
 MAGIC = b"ESP2"
 HEAD = struct.Struct("<4sIQQ")
+COUNTED = struct.Struct("<IQ")  # frame count, payload bytes: hashed ahead of the payload
 MAGIC_V1 = b"ESP1"  # CRC32 records of older spools: read, never written
 HEAD_V1 = struct.Struct("<4sIQI")
 LEN = struct.Struct("<Q")
@@ -98,7 +99,7 @@ class Spool:
         size = sum(len(v) for v in views) + LEN.size * len(views)
         if size > MAX_RECORD:
             raise ValueError(f"spool record of {size} bytes exceeds {MAX_RECORD}")
-        digest = xxhash.xxh3_64()
+        digest = xxhash.xxh3_64(COUNTED.pack(len(views), size))  # the header's fields are covered too
         for ln, v in zip(lens, views):
             digest.update(ln)
             digest.update(v)
@@ -199,6 +200,8 @@ def _fsync_close(fd: int) -> None:
 
 
 def _read_record(f) -> list[bytes] | None:
+    """The next record's frames, or None (file position unchanged) when the rest of the file is
+    not one whole record with a matching checksum."""
     start = f.tell()
     magic = f.read(4)
     fmt = HEAD if magic == MAGIC else HEAD_V1 if magic == MAGIC_V1 else None
@@ -207,12 +210,17 @@ def _read_record(f) -> list[bytes] | None:
         f.seek(start)
         return None
     _, count, size, check = fmt.unpack(head)
-    if size > MAX_RECORD:
+    if size > MAX_RECORD or size > os.fstat(f.fileno()).st_size - f.tell():  # torn, or a size no file holds
         f.seek(start)
         return None
     payload = f.read(size)
-    digest = xxhash.xxh3_64_intdigest if fmt is HEAD else zlib.crc32
-    if len(payload) < size or digest(payload) != check:
+    if fmt is HEAD:
+        digest = xxhash.xxh3_64(head[4:16])
+        digest.update(payload)
+        ok = digest.intdigest() == check
+    else:
+        ok = zlib.crc32(payload) == check
+    if len(payload) < size or not ok:
         f.seek(start)
         return None
     frames, pos, view = [], 0, memoryview(payload)
@@ -227,6 +235,9 @@ def _read_record(f) -> list[bytes] | None:
             return None
         frames.append(bytes(view[pos : pos + n]))
         pos += n
+    if pos != size:  # the frames must fill the payload exactly
+        f.seek(start)
+        return None
     return frames
 
 
