@@ -10,8 +10,11 @@ improvement, performance profiles, IQM against env steps).
   (net_arch 256x256, 2 critics without LayerNorm, batch 256, lr 3e-4, gamma 0.99, tau 0.005,
   ``ent_coef="auto"`` from 1.0, one gradient step per env step after 1,000 random steps).
 
-Both evaluate every 10,000 env steps on 10 deterministic episodes (the policy's mean action) of a
-separate env, one thread each. Each finished run's record is kept: ours in
+Both evaluate every 10,000 env steps and at the end on 10 deterministic episodes (the policy's
+mean action) of a separate env reset with seeds 100,000 + seed + k, one thread each; SB3's
+budget, evaluation and warm-up are read from the study and ``configs/config.yaml``, so the two
+sides cannot drift apart. Two differences are SB3's own and kept: its critics have no LayerNorm,
+and its actor clamps log-std to [-20, 2] where ours squashes it into [-5, 2]. Each finished run's record is kept: ours in
 ``benchmarks/results/runs/<task>/s<seed>/`` (by seeds.py), SB3's in
 ``benchmarks/results/runs/<task>_sb3/s<seed>/`` (``metrics.jsonl``, ``result.json`` and a
 ``run.json`` naming learner ``sb3_sac``), so a rerun skips finished seeds and a long study can be
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,12 +43,31 @@ RESULTS = seeds.RESULTS
 TASKS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}  # study name -> gymnasium id
 # D4RL's reference returns (random, expert) for the normalised pooled report
 REFERENCE = {"hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0)}
-EVERY, EPISODES, STARTS = 10_000, 10, 1_000
+EVAL_SEED = 100_000  # episode k of run seed s resets with EVAL_SEED + s + k, as embodied-train's evaluation
+
+
+def settings(task: str) -> dict:
+    """Budget, evaluation and warm-up of the study's embodied-train runs, for SB3 to match."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from embodied.cli import CONFIG_DIR
+
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")
+    for override in seeds.STUDIES[task][1]:
+        key, value = override.split("=", 1)
+        if "." in key:  # group choices (env=...) do not touch these keys
+            OmegaConf.update(cfg, key, yaml.safe_load(value))
+    t = cfg.train
+    if t.warmup_steps != t.learning_starts:
+        raise SystemExit(f"{task}: SB3's learning_starts is both the random warm-up and the first update; "
+                         f"ours has warmup_steps={t.warmup_steps}, learning_starts={t.learning_starts}")
+    return {"total_steps": int(t.total_steps), "eval_every": int(cfg.eval.every), "eval_episodes": int(cfg.eval.episodes),
+            "learning_starts": int(t.learning_starts), "gamma": float(t.gamma), "eval_seed": EVAL_SEED}
 
 
 def _study_steps(task: str) -> int:
-    overrides = dict(o.split("=", 1) for o in seeds.STUDIES[task][1])
-    return int(overrides["train.total_steps"])
+    return settings(task)["total_steps"]
 
 
 def evaluate(env, act, episodes: int, seed: int) -> float:
@@ -63,8 +86,20 @@ def sb3_record(task: str, seed: int) -> Path:
     return RESULTS / "runs" / f"{task}_sb3" / f"s{seed}"
 
 
+def check_sb3(task: str, seed: int) -> bool:
+    """True when the seed's SB3 record is there, made with the study's current settings (else an error)."""
+    record = sb3_record(task, seed)
+    if not (record / "result.json").exists():
+        return False
+    made = json.loads((record / "run.json").read_text()).get("settings")
+    if made != settings(task):
+        raise SystemExit(f"{record} was made with {made}, the study now has {settings(task)}: delete the old "
+                         "records or keep the study as it was")
+    return True
+
+
 def run_sb3(task: str, seed: int) -> Path:
-    """One SB3 run; its record (evaluations every EVERY steps) under runs/<task>_sb3/s<seed>/."""
+    """One SB3 run; its record (evaluations as the study's) under runs/<task>_sb3/s<seed>/."""
     import gymnasium as gym
     import torch
     from stable_baselines3 import SAC
@@ -72,10 +107,11 @@ def run_sb3(task: str, seed: int) -> Path:
     from tqdm import tqdm
 
     torch.set_num_threads(1)
-    steps, env_id = _study_steps(task), TASKS[task]
+    conf = settings(task)
+    steps, every, episodes, env_id = conf["total_steps"], conf["eval_every"], conf["eval_episodes"], TASKS[task]
     record = sb3_record(task, seed)
-    scratch = record.with_name(f".{record.name}.partial")  # renamed into place once finished
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = record.with_name(f".{record.name}.{os.getpid()}.partial")  # this process's; renamed once finished
+    scratch.mkdir(parents=True)
     (scratch / "metrics.jsonl").write_text("")
     eval_env = gym.make(env_id)
     bar = tqdm(total=steps, desc=f"sb3 {task} s{seed}", unit="step", mininterval=5)
@@ -83,25 +119,27 @@ def run_sb3(task: str, seed: int) -> Path:
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
             bar.update(1)
-            if self.num_timesteps % EVERY == 0:
-                score = evaluate(eval_env, lambda o: self.model.predict(o, deterministic=True)[0], EPISODES,
-                                 10_000 + seed * EPISODES)
-                row = {"step": self.num_timesteps, "eval/return": score, "eval/episodes": EPISODES}
+            if self.num_timesteps % every == 0 or self.num_timesteps == steps:  # embodied-train: also at the end
+                score = evaluate(eval_env, lambda o: self.model.predict(o, deterministic=True)[0], episodes,
+                                 EVAL_SEED + seed)
+                row = {"step": self.num_timesteps, "eval/return": score, "eval/episodes": episodes}
                 with open(scratch / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix(eval_return=f"{score:.0f}")
             return True
 
     t0 = time.time()
-    model = SAC("MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=steps, learning_starts=STARTS,
-                batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
+    model = SAC("MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=steps,
+                learning_starts=conf["learning_starts"], batch_size=256, tau=0.005, gamma=conf["gamma"], train_freq=1, gradient_steps=1, ent_coef="auto",
                 policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu", verbose=0)
     model.learn(total_timesteps=steps, callback=Evaluate(), progress_bar=False)
     bar.close()
     rows = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines()]
+    import stable_baselines3
+
     (scratch / "run.json").write_text(json.dumps({"learner": "sb3_sac", "env": f"gym/{env_id}", "reward": "env",
-                                                  "seed": seed, "library": "stable-baselines3",
-                                                  "total_steps": steps}) + "\n")
+                                                  "seed": seed, "library": f"stable-baselines3 {stable_baselines3.__version__}",
+                                                  "settings": conf}) + "\n")
     (scratch / "result.json").write_text(json.dumps({"eval/return": rows[-1]["eval/return"],
                                                      "step": rows[-1]["step"]}) + "\n")
     (scratch / "seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
@@ -149,10 +187,10 @@ def main(argv=None) -> None:
             for seed in todo:
                 if args.side in ("ours", "both") and not seeds.check_record(task, seed):
                     seeds.run_seed(task, seed, Path(args.scratch))
-                if args.side in ("sb3", "both") and not (sb3_record(task, seed) / "result.json").exists():
+                if args.side in ("sb3", "both") and not check_sb3(task, seed):
                     run_sb3(task, seed)
-    missing = [f"{name} s{s}" for t in tasks for name in (t, f"{t}_sb3") for s in range(args.seeds)
-               if not (RESULTS / "runs" / name / f"s{s}" / "result.json").exists()]
+    missing = [f"{t} s{s}" for t in tasks for s in range(args.seeds) if not seeds.check_record(t, s)]
+    missing += [f"{t}_sb3 s{s}" for t in tasks for s in range(args.seeds) if not check_sb3(t, s)]
     if missing:
         print(f"no record yet for {', '.join(missing)}: the report waits for all {args.seeds} seeds of both sides")
         return

@@ -19,6 +19,7 @@ A rerun skips the seeds whose record is there already.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -59,14 +60,20 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
     cmd = [str(BIN / "embodied-train"), *overrides, f"seed={seed}", "train.threads=1", "eval.video_episodes=0",
            "wandb.mode=disabled", f"run_dir={run_dir}"]
     result = run_cli(cmd, run_dir.with_suffix(".log"))
-    record.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")  # renamed into place once whole
+    partial.mkdir(parents=True)
     for name in KEEP:
         src = run_dir / name
         if src.is_dir():
-            shutil.copytree(src, record / name, dirs_exist_ok=True)
+            shutil.copytree(src, partial / name)
         else:
-            shutil.copy2(src, record / name)
-    (record / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
+            shutil.copy2(src, partial / name)
+    (partial / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
+    if (record / "result.json").exists():
+        raise SystemExit(f"{record} appeared while this run went: two processes ran seed {seed}")
+    if record.exists():
+        shutil.rmtree(record)  # an unfinished record (no result.json) of an earlier attempt
+    partial.rename(record)
     print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return')} "
           f"in {result['seconds']:.0f} s", flush=True)
     return record
