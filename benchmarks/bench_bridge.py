@@ -157,7 +157,6 @@ def _raw_sink(port: int, n_msgs: int, ready, done, server_keys: tuple[bytes, byt
     import zmq
 
     from real_robot.bridge import schema
-
     from real_robot.bridge.memory import keep_freed_buffers
 
     keep_freed_buffers()
@@ -257,12 +256,11 @@ def _lerobot_learner(port: int, n: int, ready, done) -> None:
     import torch
     from lerobot.rl.learner_service import LearnerService
     from lerobot.transport import services_pb2_grpc
+    from lerobot.transport.utils import MAX_MESSAGE_SIZE, bytes_to_transitions
 
     from real_robot.bridge.memory import keep_freed_buffers
 
     keep_freed_buffers()
-    from lerobot.transport.utils import MAX_MESSAGE_SIZE, bytes_to_transitions
-
     torch.set_num_threads(1)
     shutdown = threading.Event()
     transitions: Queue = Queue()

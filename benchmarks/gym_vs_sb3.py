@@ -35,9 +35,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import seeds
+from benchmarks.bench_sac_parity import evaluate
 
 RESULTS = seeds.RESULTS
 TASKS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}  # study name -> gymnasium id
@@ -66,22 +65,6 @@ def settings(task: str) -> dict:
             "learning_starts": int(t.learning_starts), "gamma": float(t.gamma), "eval_seed": EVAL_SEED}
 
 
-def _study_steps(task: str) -> int:
-    return settings(task)["total_steps"]
-
-
-def evaluate(env, act, episodes: int, seed: int) -> float:
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
-        done, ret = False, 0.0
-        while not done:
-            obs, reward, term, trunc, _ = env.step(act(obs))
-            ret, done = ret + float(reward), term or trunc
-        returns.append(ret)
-    return float(np.mean(returns))
-
-
 def sb3_record(task: str, seed: int) -> Path:
     return RESULTS / "runs" / f"{task}_sb3" / f"s{seed}"
 
@@ -101,6 +84,7 @@ def check_sb3(task: str, seed: int) -> bool:
 def run_sb3(task: str, seed: int) -> Path:
     """One SB3 run; its record (evaluations as the study's) under runs/<task>_sb3/s<seed>/."""
     import gymnasium as gym
+    import stable_baselines3
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -130,13 +114,11 @@ def run_sb3(task: str, seed: int) -> Path:
 
     t0 = time.time()
     model = SAC("MlpPolicy", gym.make(env_id), learning_rate=3e-4, buffer_size=steps,
-                learning_starts=conf["learning_starts"], batch_size=256, tau=0.005, gamma=conf["gamma"], train_freq=1, gradient_steps=1, ent_coef="auto",
-                policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu", verbose=0)
+                learning_starts=conf["learning_starts"], batch_size=256, tau=0.005, gamma=conf["gamma"],
+                train_freq=1, gradient_steps=1, ent_coef="auto", policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu", verbose=0)
     model.learn(total_timesteps=steps, callback=Evaluate(), progress_bar=False)
     bar.close()
     rows = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines()]
-    import stable_baselines3
-
     (scratch / "run.json").write_text(json.dumps({"learner": "sb3_sac", "env": f"gym/{env_id}", "reward": "env",
                                                   "seed": seed, "library": f"stable-baselines3 {stable_baselines3.__version__}",
                                                   "settings": conf}) + "\n")
@@ -158,7 +140,7 @@ def report(tasks: list[str], n: int) -> str:
         runs = [str(RESULTS / "runs" / name / f"s{s}") for name in (task, f"{task}_sb3") for s in range(n)]
         out = RESULTS / "reports" / "gym_vs_sb3" / task
         make_report(runs, out, metric="eval/return", group_by=["learner"], compare=["sac:sb3_sac"],
-                    title=f"SAC vs stable-baselines3 SAC, {TASKS[task]}, {_study_steps(task):,} env steps: eval/return")
+                    title=f"SAC vs stable-baselines3 SAC, {TASKS[task]}, {settings(task)['total_steps']:,} env steps: eval/return")
         text.append((out / "report.md").read_text())
     if len(tasks) == len(TASKS):
         runs = [str(RESULTS / "runs" / name / f"s{s}") for t in tasks for name in (t, f"{t}_sb3") for s in range(n)]
