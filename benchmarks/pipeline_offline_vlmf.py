@@ -13,9 +13,14 @@ and the two baselines on the same data: IQL on the true rewards (the unlabeled d
 ``gt.reward``) and behaviour cloning (the same actor with ``learner.beta=0``: every
 advantage weight is 1). Success over seeds -> rliable IQM with 95 % bootstrap CIs.
 
-    python benchmarks/pipeline_offline_vlmf.py            # 3 seeds, full size
-    python benchmarks/pipeline_offline_vlmf.py --quick    # small sizes
-Writes benchmarks/results/pipeline_offline_vlmf.{json,md}.
+Each seed labels the dataset itself (its own preference pairs and reward model) and trains the
+three learners; each run's record (``metrics.jsonl``, ``result.json`` and a ``run.json`` naming
+its condition) goes to ``benchmarks/results/runs/offline_vlmf/`` (a rerun skips finished runs)
+and ``embodied-report`` aggregates them (IQM, 95 % CIs, probability of improvement).
+
+    python benchmarks/pipeline_offline_vlmf.py            # 5 seeds, full size
+    python benchmarks/pipeline_offline_vlmf.py --quick    # small sizes, 3 seeds
+Writes benchmarks/results/pipeline_offline_vlmf.{json,md} and reports/offline_vlmf/.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,15 +54,6 @@ def run(cmd: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def iqm_ci(scores: dict[str, np.ndarray], reps: int = 2000) -> dict[str, tuple[float, float, float]]:
-    from rliable import library as rly
-    from rliable import metrics
-
-    agg = lambda x: np.array([metrics.aggregate_iqm(x)])  # noqa: E731
-    point, ci = rly.get_interval_estimates({k: v[:, None] for k, v in scores.items()}, agg, reps=reps)
-    return {k: (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0])) for k in scores}
-
-
 def label_quality(labeled: Path) -> dict[str, float]:
     from scipy.stats import spearmanr
 
@@ -68,55 +65,102 @@ def label_quality(labeled: Path) -> dict[str, float]:
     return {"spearman_learned_vs_true_reward": float(spearmanr(learned, true).statistic)}
 
 
+# condition -> (the learner its records name, the reward it learns from, extra embodied-train overrides)
+CONDITIONS = {"IQL, learned reward (RL-VLM-F)": ("iql_rlvlmf", "rlvlmf", []),
+              "IQL, true reward": ("iql_true_reward", "gt", []),
+              "BC (same actor, beta = 0)": ("bc", "none", ["learner.beta=0.0"])}
+
+
+def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: int, conf: dict) -> None:
+    """An embodied-train run's metrics and result under ``record``, with a run.json naming its
+    condition (the three conditions all run learner=iql: the report groups them by this name)."""
+    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
+    partial.mkdir(parents=True)
+    for name in ("metrics.jsonl", "result.json"):
+        shutil.copy2(run_dir / name, partial / name)
+    (partial / "run.json").write_text(json.dumps({"learner": learner, "env": "reach", "reward": reward, "seed": seed,
+                                                  "settings": conf}) + "\n")
+    if record.exists():
+        shutil.rmtree(record)
+    partial.rename(record)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=None, help="default 5 (3 with --quick)")
     parser.add_argument("--work", default=str(ROOT / "outputs" / "pipeline_offline_vlmf"))
     args = parser.parse_args(argv)
+    from embodied.report import make_report
+
+    n_seeds = args.seeds or (3 if args.quick else 5)
     steps, pairs, updates, episodes = (2000, 600, 600, 10) if args.quick else (10000, 2000, 5000, 20)
+    conf = {"dataset_steps": steps, "preference_pairs": pairs, "offline_updates": updates, "eval_episodes": episodes}
+    study = "offline_vlmf_quick" if args.quick else "offline_vlmf"
     work = Path(args.work) / ("quick" if args.quick else "full")
-    data, labeled = work / "data", work / "labeled"
+    data = work / "data"
     if not (data / "scripted").exists():
         run(command("embodied.cli.make_dataset", "env=reach", "env.pixels=true", "env.cameras=[front]",
                     "env.image_size=64", "kinds=[scripted]", "scripted_noise=1.0", "scripted_distracted=0.5",
                     f"steps={steps}", f"output={data}"))
-    label = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}", "reward=rlvlmf_oracle",
-                        "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}"))
     behaviour = json.loads((data / "generation.json").read_text())["stats"]["scripted"]["scripted"]
-    conditions = {"IQL, learned reward (RL-VLM-F)": (labeled, []), "IQL, true reward": (data / "scripted", []),
-                  "BC": (data / "scripted", ["learner.beta=0.0"])}
-    success: dict[str, list[float]] = {k: [] for k in conditions}
-    returns: dict[str, list[float]] = {k: [] for k in conditions}
-    for seed in range(args.seeds):
-        for i, (name, (dataset, extra)) in enumerate(conditions.items()):
-            run_dir = work / "runs" / f"c{i}_s{seed}"
-            result_file = run_dir / "result.json"
-            if result_file.exists():
-                result = json.loads(result_file.read_text())
-            else:
-                result = run(command("embodied.cli.train", "env=reach", "learner=iql", f"train.dataset={dataset}",
-                                     f"train.offline_updates={updates}", "train.total_steps=0", f"seed={seed}",
-                                     f"eval.episodes={episodes}", "eval.video_episodes=0", "wandb.mode=disabled",
-                                     f"checkpoint.every={updates}", f"learner.actor_lr_steps={updates}",
-                                     f"run_dir={run_dir}", *extra))
-            success[name].append(result["eval/success"])
-            returns[name].append(result.get("eval/return", float("nan")))
-    table = iqm_ci({k: np.array(v) for k, v in success.items()})
-    out = {"quick": args.quick, "seeds": args.seeds, "dataset_steps": steps, "preference_pairs": pairs,
-           "offline_updates": updates, "eval_episodes": episodes, "behaviour": behaviour,
-           "labeling": {k: label[k] for k in ("episodes_labeled", "episodes_failed", "reward_mean", "reward_std")},
-           **label_quality(labeled), "success": success, "return": returns,
-           "iqm_success": {k: {"iqm": v[0], "ci95": [v[1], v[2]]} for k, v in table.items()}}
+    labels: dict[int, dict] = {}
+    runs = []
+    for seed in range(n_seeds):  # each seed labels the data itself (its own preference pairs and reward model)
+        labeled, label_file = work / f"labeled_s{seed}", work / f"label_s{seed}.json"
+        if not label_file.exists():
+            if labeled.exists():
+                shutil.rmtree(labeled)  # a labeling that did not finish
+            label = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}",
+                                "reward=rlvlmf_oracle", "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}",
+                                f"seed={seed}"))
+            label = {k: label[k] for k in ("episodes_labeled", "episodes_failed", "reward_mean", "reward_std")}
+            label_file.write_text(json.dumps({**label, **label_quality(labeled)}))
+        labels[seed] = json.loads(label_file.read_text())
+        for name, (learner, reward, extra) in CONDITIONS.items():
+            record = RESULTS / "runs" / study / f"{learner}_s{seed}"
+            runs.append(str(record))
+            if (record / "result.json").exists():
+                made = json.loads((record / "run.json").read_text()).get("settings")
+                if made != conf:
+                    raise SystemExit(f"{record} was made with {made}, this run has {conf}: delete the old records")
+                continue
+            dataset = labeled if reward == "rlvlmf" else data / "scripted"
+            run_dir = work / "runs" / f"{learner}_s{seed}"
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished earlier attempt
+            run(command("embodied.cli.train", "env=reach", "learner=iql", f"train.dataset={dataset}",
+                        f"train.offline_updates={updates}", "train.total_steps=0", f"seed={seed}",
+                        f"eval.episodes={episodes}", "eval.video_episodes=0", "wandb.mode=disabled",
+                        f"checkpoint.every={updates}", f"learner.actor_lr_steps={updates}", f"run_dir={run_dir}",
+                        *extra))
+            keep_record(run_dir, record, learner, reward, seed, conf)
+    report_dir = RESULTS / "reports" / study
+    data_out = make_report(runs, report_dir, metric="eval/success", group_by=["learner"],
+                           compare=["iql_rlvlmf:iql_true_reward", "iql_rlvlmf:bc", "iql_true_reward:bc"],
+                           title="Offline VLM-feedback pipeline on reach: eval/success")
+    agg, pi = data_out["aggregates"], data_out["probability_of_improvement"]
+    rho = [labels[s]["spearman_learned_vs_true_reward"] for s in range(n_seeds)]
+    out = {"quick": args.quick, "seeds": n_seeds, **conf, "behaviour": behaviour, "labeling": labels,
+           "spearman_learned_vs_true_reward": rho, "iqm_success": {k: agg[v[0]]["iqm"] for k, v in CONDITIONS.items()},
+           "probability_of_improvement": pi, "report": str(report_dir.relative_to(ROOT))}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pipeline_offline_vlmf.json").write_text(json.dumps(out, indent=2))
-    lines = [f"Offline VLM-feedback pipeline on `reach` ({args.seeds} seeds, {steps} transitions, "
-             f"{pairs} preference pairs, {updates} IQL updates, {episodes} eval episodes/seed"
+
+    def fmt(e: dict) -> str:
+        return f"{e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]"
+
+    lines = [f"Offline VLM-feedback pipeline on `reach` ({n_seeds} seeds, {steps} transitions, "
+             f"{pairs} preference pairs labeled per seed, {updates} IQL updates, {episodes} eval episodes/seed"
              f"{', quick' if args.quick else ''}). Behaviour policy success {behaviour['success_rate']:.2f}; "
-             f"Spearman(learned, true reward) = {out['spearman_learned_vs_true_reward']:.2f}.", "",
-             "| method | success IQM | 95 % CI | mean return |", "|---|---|---|---|"]
-    for name, (iqm, lo, hi) in table.items():
-        lines.append(f"| {name} | {iqm:.2f} | [{lo:.2f}, {hi:.2f}] | {np.nanmean(returns[name]):.1f} |")
+             f"Spearman(learned, true reward) median {np.median(rho):.2f} ({min(rho):.2f}-{max(rho):.2f} over seeds). "
+             f"IQM with 95 % stratified-bootstrap CIs from `embodied-report` ({report_dir.relative_to(ROOT)}/).", "",
+             "| method | success IQM [95 % CI] | per seed |", "|---|---|---|"]
+    for name, (learner, _, _) in CONDITIONS.items():
+        per = ", ".join(f"{x:.2f}" for x in agg[learner]["per_run"]["reach"])
+        lines.append(f"| {name} | {fmt(agg[learner]['iqm'])} | {per} |")
+    lines += ["", "| probability of improvement | P(X > Y) [95 % CI] |", "|---|---|"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in pi.items()]
     (RESULTS / "pipeline_offline_vlmf.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
