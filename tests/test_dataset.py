@@ -145,3 +145,21 @@ def test_writing_videos_leaves_the_cpu_scheduling_as_it_was(tmp_path):
         rec.add_episode(make_episode(0, T=4))
         assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
     assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
+def test_make_dataset_cli_state_only_from_a_camera_config(tmp_path, capsys):
+    """``env=reach_pixels env.pixels=false`` (a config that lists cameras) records state only,
+    as embodied-train reads the same section, instead of refusing the config's camera list."""
+    from hydra import compose, initialize_config_dir
+
+    from embodied.cli import CONFIG_DIR
+    from embodied.cli.make_dataset import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("dataset/make", overrides=["env=reach_pixels", "env.pixels=false", "env.proprio_only=false",
+                                                 "kinds=[scripted]",
+                                                 "steps=50", f"output={tmp_path / 'ds'}"])
+    stats = run(cfg)
+    assert stats["scripted"]["scripted"]["episodes"] == 1
+    ep = read_episode(open_dataset(tmp_path / "ds" / "scripted"), 0)
+    assert ep.frames == {} and ep.state.shape == (50, 8)

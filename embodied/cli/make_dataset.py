@@ -24,8 +24,11 @@ def run(cfg) -> dict:
     from embodied.datasets.keys import DatasetKeys
 
     torch.set_num_threads(int(cfg.threads))
-    env_kwargs = OmegaConf.to_container(cfg.env, resolve=True)
-    name = env_kwargs.pop("name")
+    import envs
+
+    section = OmegaConf.to_container(cfg.env, resolve=True)
+    name = section["name"]
+    env_kwargs = envs.kwargs_from_config(section)  # as embodied-train reads it: env.pixels=false drops the cameras
     sac = OmegaConf.to_container(cfg.sac, resolve=True)
     gen = GenerateConfig(env=name, env_kwargs=env_kwargs, kinds=tuple(cfg.kinds), steps=int(cfg.steps),
                          seed=int(cfg.seed), fps=int(cfg.fps), scripted_noise=float(cfg.scripted_noise),
