@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from embodied import checkpoint
+from embodied import checkpoint, heap
 from embodied.contracts import Batch
 from embodied.driver import Driver
 from embodied.evaluation import evaluate
@@ -525,6 +525,8 @@ class Trainer:
                 self.counters["offline_updates"] += 1
                 bar.update(1)
                 n = self.counters["offline_updates"]
+                if n % heap.EVERY == 0:
+                    heap.trim()
                 if n % cfg.log.every == 0:
                     logger.log(n, {f"offline/{k}": v for k, v in metrics.items()})
                 if n % cfg.checkpoint.every == 0 or n == cfg.train.offline_updates:
@@ -553,6 +555,8 @@ class Trainer:
             advance(metrics)
             step = self.counters["env_steps"]
             bar.update(step - prev)
+            if _crossed(prev, step, heap.EVERY):
+                heap.trim()  # freed update buffers back to the OS: glibc keeps them otherwise (embodied/heap.py)
             if _crossed(prev, step, cfg.log.every):
                 row = self._train_row(metrics, step, (step - s0) / max(time.time() - t0, 1e-9))
                 logger.log(step, row)

@@ -42,7 +42,7 @@ import msgpack
 import numpy as np
 import torch
 
-from embodied import checkpoint
+from embodied import checkpoint, heap
 from embodied.logging import json_safe
 from real_robot.bridge import schema
 from real_robot.bridge.spool import Position, Spool
@@ -306,6 +306,8 @@ class LearnerServer:
                 break
             metrics = self.learner.update(batch)
             self.counters["updates"] += 1
+            if self.counters["updates"] % heap.EVERY == 0:
+                heap.trim()  # glibc keeps freed update buffers otherwise (embodied/heap.py)
             if self.counters["updates"] % self.cfg.train.publish_every == 0:
                 self.publish()
         return metrics

@@ -16,9 +16,9 @@ where the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or a
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
+
+from embodied import heap
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 _done: bool | None = None
@@ -37,12 +37,10 @@ def keep_freed_buffers(mmap_bytes: int = 32 << 20, trim_bytes: int = 256 << 20) 
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_") \
             or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return _done
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+    libc = heap.libc()
+    if libc is None:  # not glibc (macOS, musl without mallopt)
         return _done
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt = libc.mallopt
     # trim first: if glibc refuses it, the mmap threshold is left as it was
     _done = bool(mallopt(M_TRIM_THRESHOLD, int(trim_bytes))) and bool(mallopt(M_MMAP_THRESHOLD, int(mmap_bytes)))
     return _done
