@@ -307,7 +307,8 @@ class LearnerServer:
             metrics = self.learner.update(batch)
             self.counters["updates"] += 1
             if self.counters["updates"] % heap.EVERY == 0:
-                heap.trim()  # glibc keeps freed update buffers otherwise (embodied/heap.py)
+                heap.trim()  # freed update buffers grow the heap under keep_freed_buffers' thresholds too
+                # (tests/test_heap.py); the next message re-faults its ~1 MB once, every 1,000 updates
             if self.counters["updates"] % self.cfg.train.publish_every == 0:
                 self.publish()
         return metrics
