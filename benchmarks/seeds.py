@@ -14,6 +14,7 @@ A rerun skips the seeds whose record is there already.
     python -m benchmarks.seeds default --seeds 5       # the README's default run (SAC, reach, 8,000 steps)
     python -m benchmarks.seeds ppo_reach --seeds 5     # PPO on reach (+experiment=ppo_reach)
     python -m benchmarks.seeds push --only 0,2,4 & python -m benchmarks.seeds push --only 1,3   # two at a time
+    python -m benchmarks.seeds lift --only 0       # makes its demonstrations first (embodied-make-dataset, seed 0)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from benchmarks.runner import BIN, run_cli
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
     "default": ("The default run: SAC from state on the built-in reach, 8,000 env steps (make train)",
@@ -35,6 +37,12 @@ STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
     "push": ("SAC from state on the built-in push, defaults (2x256, 2 LayerNorm critics, UTD 1), 100,000 env steps, "
              "eval on 20 episodes every 10,000", ["env=push", "train.total_steps=100000", "eval.every=10000",
                                                   "eval.episodes=20", "checkpoint.every=20000"],
+             ["eval/success", "eval/return"]),
+    "lift": ("SAC from state on robosuite Lift (Panda, OSC_POSE, dense reward, 200-step episodes) with 20 scripted "
+             "demonstrations (4,000 transitions, success only) as half of each batch, defaults otherwise, 100,000 env "
+             "steps, eval on 20 episodes every 10,000",
+             ["env=robosuite_lift", "env.pixels=false", "train.dataset=runs/seeds/_data/lift_demos/scripted",
+              "train.total_steps=100000", "eval.every=10000", "eval.episodes=20", "checkpoint.every=20000"],
              ["eval/success", "eval/return"]),
     # SAC vs stable-baselines3 on harder gymnasium tasks: ours here, SB3's side in gym_vs_sb3.py
     "hopper": ("SAC from state on gymnasium Hopper-v5, defaults, 100,000 env steps, eval on 10 episodes every 10,000",
@@ -46,6 +54,10 @@ STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
     "pixels": ("SAC from 64x64 pixels on reach (+experiment=reach_pixels), 25,000 env steps",
                ["+experiment=reach_pixels"], ["eval/success", "eval/return"]),
 }
+# studies that learn from demonstrations: the dataset their train.dataset override names
+# (relative to the repository root), made once with seed 0 by the documented embodied-make-dataset
+DATA = {"lift": ("runs/seeds/_data/lift_demos", ["env=robosuite_lift", "env.pixels=false", "kinds=[scripted]",
+                                                 "success_only=true", "steps=4000", "seed=0"])}
 KEEP = (".hydra", "metrics.jsonl", "result.json")  # result.json last: it marks a finished record
 
 
@@ -77,6 +89,26 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
     print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return')} "
           f"in {result['seconds']:.0f} s", flush=True)
     return record
+
+
+def ensure_data(study: str) -> None:
+    """The study's demonstrations, generated once (into a folder of this process, renamed into
+    place when whole: two processes of one study may start together)."""
+    if study not in DATA:
+        return
+    folder, args = DATA[study]
+    folder = ROOT / folder
+    if (folder / "generation.json").exists():  # embodied-make-dataset writes it last
+        return
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    run_cli([str(BIN / "embodied-make-dataset"), *args, f"output={partial}"], partial.with_suffix(".log"))
+    try:
+        partial.rename(folder)
+    except OSError:  # another process put its copy in place first: the same data (same seed)
+        shutil.rmtree(partial)
 
 
 def check_record(study: str, seed: int) -> bool:
@@ -119,6 +151,7 @@ def main(argv=None) -> None:
                         help="run just these seeds (e.g. 1,3: two calls side by side); report once all are in")
     args = parser.parse_args(argv)
     if not args.report_only:
+        ensure_data(args.study)
         for seed in args.only if args.only is not None else range(args.seeds):
             if not check_record(args.study, seed):
                 run_seed(args.study, seed, Path(args.scratch))
