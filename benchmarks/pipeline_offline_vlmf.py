@@ -71,18 +71,28 @@ CONDITIONS = {"IQL, learned reward (RL-VLM-F)": ("iql_rlvlmf", "rlvlmf", []),
               "BC (same actor, beta = 0)": ("bc", "none", ["learner.beta=0.0"])}
 
 
-def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: int, conf: dict) -> None:
+def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: int, conf: dict, **extra) -> None:
     """An embodied-train run's metrics and result under ``record``, with a run.json naming its
-    condition (the three conditions all run learner=iql: the report groups them by this name)."""
+    condition (the three conditions all run learner=iql: the report groups them by this name)
+    and what the report needs besides (``extra``: the behaviour data's and the labels' figures)."""
     partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
     partial.mkdir(parents=True)
     for name in ("metrics.jsonl", "result.json"):
         shutil.copy2(run_dir / name, partial / name)
     (partial / "run.json").write_text(json.dumps({"learner": learner, "env": "reach", "reward": reward, "seed": seed,
-                                                  "settings": conf}) + "\n")
+                                                  "settings": conf, **extra}) + "\n")
     if record.exists():
         shutil.rmtree(record)
     partial.rename(record)
+
+
+def has_record(record: Path, conf: dict) -> bool:
+    if not (record / "result.json").exists():
+        return False
+    made = json.loads((record / "run.json").read_text()).get("settings")
+    if made != conf:
+        raise SystemExit(f"{record} was made with {made}, this run has {conf}: delete the old records")
+    return True
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,31 +109,30 @@ def main(argv: list[str] | None = None) -> dict:
     study = "offline_vlmf_quick" if args.quick else "offline_vlmf"
     work = Path(args.work) / ("quick" if args.quick else "full")
     data = work / "data"
-    if not (data / "scripted").exists():
+    record = {(c, s): RESULTS / "runs" / study / f"{c}_s{s}" for s in range(n_seeds) for c, _, _ in CONDITIONS.values()}
+    todo = [s for s in range(n_seeds) if not all(has_record(record[c, s], conf) for c, _, _ in CONDITIONS.values())]
+    if todo and not (data / "generation.json").exists():  # generate() writes it last
+        if data.exists():
+            shutil.rmtree(data)  # a generation that did not finish
         run(command("embodied.cli.make_dataset", "env=reach", "env.pixels=true", "env.cameras=[front]",
                     "env.image_size=64", "kinds=[scripted]", "scripted_noise=1.0", "scripted_distracted=0.5",
                     f"steps={steps}", f"output={data}"))
-    behaviour = json.loads((data / "generation.json").read_text())["stats"]["scripted"]["scripted"]
-    labels: dict[int, dict] = {}
-    runs = []
-    for seed in range(n_seeds):  # each seed labels the data itself (its own preference pairs and reward model)
+    for seed in todo:  # each seed labels the data itself (its own preference pairs and reward model)
+        behaviour = json.loads((data / "generation.json").read_text())["stats"]["scripted"]["scripted"]
         labeled, label_file = work / f"labeled_s{seed}", work / f"label_s{seed}.json"
-        if not label_file.exists():
+        label = json.loads(label_file.read_text()) if label_file.exists() else None
+        if label is None or label.get("settings") != conf:
             if labeled.exists():
-                shutil.rmtree(labeled)  # a labeling that did not finish
-            label = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}",
-                                "reward=rlvlmf_oracle", "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}",
-                                f"seed={seed}"))
-            label = {k: label[k] for k in ("episodes_labeled", "episodes_failed", "reward_mean", "reward_std")}
-            label_file.write_text(json.dumps({**label, **label_quality(labeled)}))
-        labels[seed] = json.loads(label_file.read_text())
-        for name, (learner, reward, extra) in CONDITIONS.items():
-            record = RESULTS / "runs" / study / f"{learner}_s{seed}"
-            runs.append(str(record))
-            if (record / "result.json").exists():
-                made = json.loads((record / "run.json").read_text()).get("settings")
-                if made != conf:
-                    raise SystemExit(f"{record} was made with {made}, this run has {conf}: delete the old records")
+                shutil.rmtree(labeled)  # a labeling that did not finish, or one made with other settings
+            out = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}",
+                              "reward=rlvlmf_oracle", "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}",
+                              f"seed={seed}"))
+            label = {k: out[k] for k in ("episodes_labeled", "episodes_failed", "reward_mean", "reward_std")}
+            label = {**label, **label_quality(labeled), "settings": conf}
+            label_file.write_text(json.dumps(label))
+        label = {k: v for k, v in label.items() if k != "settings"}
+        for learner, reward, extra in CONDITIONS.values():
+            if has_record(record[learner, seed], conf):
                 continue
             dataset = labeled if reward == "rlvlmf" else data / "scripted"
             run_dir = work / "runs" / f"{learner}_s{seed}"
@@ -134,7 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
                         f"eval.episodes={episodes}", "eval.video_episodes=0", "wandb.mode=disabled",
                         f"checkpoint.every={updates}", f"learner.actor_lr_steps={updates}", f"run_dir={run_dir}",
                         *extra))
-            keep_record(run_dir, record, learner, reward, seed, conf)
+            keep_record(run_dir, record[learner, seed], learner, reward, seed, conf, behaviour=behaviour,
+                        **({"labeling": label} if reward == "rlvlmf" else {}))
+    runs = [str(r) for r in record.values()]
+    meta = {s: json.loads((record["iql_rlvlmf", s] / "run.json").read_text()) for s in range(n_seeds)}
+    labels = {s: m["labeling"] for s, m in meta.items()}
+    behaviour = meta[0]["behaviour"]
     report_dir = RESULTS / "reports" / study
     data_out = make_report(runs, report_dir, metric="eval/success", group_by=["learner"],
                            compare=["iql_rlvlmf:iql_true_reward", "iql_rlvlmf:bc", "iql_true_reward:bc"],
