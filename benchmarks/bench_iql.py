@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.runner import has_record, partial_record, publish
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV = HERE / "_envs" / "d3rlpy"
@@ -105,30 +107,16 @@ def record_dir(study: str, side: str, seed: int) -> Path:
     return RESULTS / "runs" / study / f"{LEARNERS[side]}_s{seed}"
 
 
-def has_record(study: str, side: str, seed: int, conf: dict) -> bool:
-    """True when the seed's record is there, made with these settings (else an error naming it)."""
-    record = record_dir(study, side, seed)
-    if not (record / "result.json").exists():
-        return False
-    made = json.loads((record / "run.json").read_text()).get("settings")
-    if made != conf:
-        raise SystemExit(f"{record} was made with {made}, this run has {conf}: delete the old records")
-    return True
-
-
 def write_record(study: str, side: str, seed: int, conf: dict, rate: float, ret: float, score: float) -> None:
     """One seed of one side as a run folder embodied-report reads (run.json, metrics.jsonl, result.json)."""
     record = record_dir(study, side, seed)
-    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")  # renamed into place once whole
-    partial.mkdir(parents=True)
+    partial = partial_record(record)
     row = {"step": conf["updates"], "eval/score": score, "eval/return": ret, "updates_per_s": rate}
     (partial / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     (partial / "run.json").write_text(json.dumps({"learner": LEARNERS[side], "env": "reach", "reward": "gt",
                                                   "seed": seed, "settings": conf}) + "\n")
     (partial / "result.json").write_text(json.dumps(row) + "\n")
-    if record.exists():
-        shutil.rmtree(record)  # an unfinished earlier record (no result.json)
-    partial.rename(record)
+    publish(partial, record)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps, data_steps, episodes = (500, 2000, 5) if args.quick else (5000, 10000, 20)
     study = "iql_reach_quick" if args.quick else "iql_reach"
     conf = {"updates": steps, "dataset_steps": data_steps, "eval_episodes": episodes, "batch_size": 256}
-    todo = [(seed, side) for seed in range(n_seeds) for side in LEARNERS if not has_record(study, side, seed, conf)]
+    todo = [(seed, side) for seed in range(n_seeds) for side in LEARNERS if not has_record(record_dir(study, side, seed), conf)]
     work = ROOT / "outputs" / "bench_iql" / ("quick" if args.quick else "full")
     if todo:
         if not (work / "scripted").exists():

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from benchmarks import seeds
 from benchmarks.bench_sac_parity import evaluate
+from benchmarks.runner import has_record, partial_record, publish
 
 RESULTS = seeds.RESULTS
 TASKS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}  # study name -> gymnasium id
@@ -71,14 +71,7 @@ def sb3_record(task: str, seed: int) -> Path:
 
 def check_sb3(task: str, seed: int) -> bool:
     """True when the seed's SB3 record is there, made with the study's current settings (else an error)."""
-    record = sb3_record(task, seed)
-    if not (record / "result.json").exists():
-        return False
-    made = json.loads((record / "run.json").read_text()).get("settings")
-    if made != settings(task):
-        raise SystemExit(f"{record} was made with {made}, the study now has {settings(task)}: delete the old "
-                         "records or keep the study as it was")
-    return True
+    return has_record(sb3_record(task, seed), settings(task))
 
 
 def run_sb3(task: str, seed: int) -> Path:
@@ -94,8 +87,7 @@ def run_sb3(task: str, seed: int) -> Path:
     conf = settings(task)
     steps, every, episodes, env_id = conf["total_steps"], conf["eval_every"], conf["eval_episodes"], TASKS[task]
     record = sb3_record(task, seed)
-    scratch = record.with_name(f".{record.name}.{os.getpid()}.partial")  # this process's; renamed once finished
-    scratch.mkdir(parents=True)
+    scratch = partial_record(record)  # this process's; renamed once finished
     (scratch / "metrics.jsonl").write_text("")
     eval_env = gym.make(env_id)
     bar = tqdm(total=steps, desc=f"sb3 {task} s{seed}", unit="step", mininterval=5)
@@ -125,9 +117,7 @@ def run_sb3(task: str, seed: int) -> Path:
     (scratch / "result.json").write_text(json.dumps({"eval/return": rows[-1]["eval/return"],
                                                      "step": rows[-1]["step"]}) + "\n")
     (scratch / "seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
-    if record.exists():
-        raise SystemExit(f"{record} appeared while this run went: two processes ran seed {seed}")
-    scratch.rename(record)
+    publish(scratch, record)
     print(f"sb3 {task} seed {seed}: return {rows[-1]['eval/return']:.1f} in {time.time() - t0:.0f} s", flush=True)
     return record
 

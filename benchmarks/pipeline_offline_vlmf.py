@@ -18,8 +18,8 @@ three learners; each run's record (``metrics.jsonl``, ``result.json`` and a ``ru
 its condition) goes to ``benchmarks/results/runs/offline_vlmf/`` (a rerun skips finished runs)
 and ``embodied-report`` aggregates them (IQM, 95 % CIs, probability of improvement).
 
-    python benchmarks/pipeline_offline_vlmf.py            # 5 seeds, full size
-    python benchmarks/pipeline_offline_vlmf.py --quick    # small sizes, 3 seeds
+    python -m benchmarks.pipeline_offline_vlmf            # 5 seeds, full size
+    python -m benchmarks.pipeline_offline_vlmf --quick    # small sizes, 3 seeds
 Writes benchmarks/results/pipeline_offline_vlmf.{json,md} and reports/offline_vlmf/.
 """
 
@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.runner import has_record, partial_record, publish
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -75,24 +77,12 @@ def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: in
     """An embodied-train run's metrics and result under ``record``, with a run.json naming its
     condition (the three conditions all run learner=iql: the report groups them by this name)
     and what the report needs besides (``extra``: the behaviour data's and the labels' figures)."""
-    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
-    partial.mkdir(parents=True)
+    partial = partial_record(record)
     for name in ("metrics.jsonl", "result.json"):
         shutil.copy2(run_dir / name, partial / name)
     (partial / "run.json").write_text(json.dumps({"learner": learner, "env": "reach", "reward": reward, "seed": seed,
                                                   "settings": conf, **extra}) + "\n")
-    if record.exists():
-        shutil.rmtree(record)
-    partial.rename(record)
-
-
-def has_record(record: Path, conf: dict) -> bool:
-    if not (record / "result.json").exists():
-        return False
-    made = json.loads((record / "run.json").read_text()).get("settings")
-    if made != conf:
-        raise SystemExit(f"{record} was made with {made}, this run has {conf}: delete the old records")
-    return True
+    publish(partial, record)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,18 +107,20 @@ def main(argv: list[str] | None = None) -> dict:
         run(command("embodied.cli.make_dataset", "env=reach", "env.pixels=true", "env.cameras=[front]",
                     "env.image_size=64", "kinds=[scripted]", "scripted_noise=1.0", "scripted_distracted=0.5",
                     f"steps={steps}", f"output={data}"))
-    for seed in todo:  # each seed labels the data itself (its own preference pairs and reward model)
+    if todo:
         behaviour = json.loads((data / "generation.json").read_text())["stats"]["scripted"]["scripted"]
+    label_conf = {k: conf[k] for k in ("dataset_steps", "preference_pairs")}  # what the labels depend on
+    for seed in todo:  # each seed labels the data itself (its own preference pairs and reward model)
         labeled, label_file = work / f"labeled_s{seed}", work / f"label_s{seed}.json"
         label = json.loads(label_file.read_text()) if label_file.exists() else None
-        if label is None or label.get("settings") != conf:
+        if label is None or label.get("settings") != label_conf:
             if labeled.exists():
                 shutil.rmtree(labeled)  # a labeling that did not finish, or one made with other settings
             out = run(command("embodied.cli.label", f"input={data / 'scripted'}", f"output={labeled}",
                               "reward=rlvlmf_oracle", "reward.oracle_error_rate=0.1", f"preference_pairs={pairs}",
                               f"seed={seed}"))
             label = {k: out[k] for k in ("episodes_labeled", "episodes_failed", "reward_mean", "reward_std")}
-            label = {**label, **label_quality(labeled), "settings": conf}
+            label = {**label, **label_quality(labeled), "settings": label_conf}
             label_file.write_text(json.dumps(label))
         label = {k: v for k, v in label.items() if k != "settings"}
         for learner, reward, extra in CONDITIONS.values():

@@ -1,11 +1,14 @@
-"""What the multi-seed demonstration drivers (``residual_demos``, ``vla_demos``) share: the
-project's commands run as subprocesses with one thread each, and a JSONL file of finished runs
-that a rerun reads to skip them."""
+"""What the multi-seed drivers share: the project's commands run as subprocesses with one thread
+each, a JSONL file of finished runs that a rerun reads to skip them (``residual_demos``,
+``vla_demos``), and run records that ``embodied-report`` reads (``seeds``, ``gym_vs_sb3``,
+``bench_iql``, ``pipeline_offline_vlmf``): written whole into a folder of this process and renamed
+into place, so a killed run never leaves a record that looks finished."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,3 +41,31 @@ def record_run(path: Path, row: dict) -> None:
     """Append one finished run to ``path``."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def has_record(record: Path, settings: dict) -> bool:
+    """True when ``record`` is finished (``result.json``) and its ``run.json`` was made with
+    ``settings``; a record made with other settings stops the run, naming it."""
+    if not (record / "result.json").exists():
+        return False
+    made = json.loads((record / "run.json").read_text()).get("settings")
+    if made != settings:
+        raise SystemExit(f"{record} was made with {made}, this run has {settings}: delete the old records "
+                         "or keep the settings as they were")
+    return True
+
+
+def partial_record(record: Path) -> Path:
+    """A fresh folder of this process beside ``record``, to fill and then :func:`publish`."""
+    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
+    partial.mkdir(parents=True)
+    return partial
+
+
+def publish(partial: Path, record: Path) -> None:
+    """Put the whole record ``partial`` in place, replacing an unfinished earlier attempt."""
+    if (record / "result.json").exists():
+        raise SystemExit(f"{record} appeared while this run went: two processes ran it")
+    if record.exists():
+        shutil.rmtree(record)  # an unfinished record (no result.json) of an earlier attempt
+    partial.rename(record)

@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from benchmarks.runner import BIN, run_cli
+from benchmarks.runner import BIN, partial_record, publish, run_cli
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -72,8 +72,7 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
     cmd = [str(BIN / "embodied-train"), *overrides, f"seed={seed}", "train.threads=1", "eval.video_episodes=0",
            "wandb.mode=disabled", f"run_dir={run_dir}"]
     result = run_cli(cmd, run_dir.with_suffix(".log"))
-    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")  # renamed into place once whole
-    partial.mkdir(parents=True)
+    partial = partial_record(record)  # renamed into place once whole
     for name in KEEP:
         src = run_dir / name
         if src.is_dir():
@@ -81,11 +80,7 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
         else:
             shutil.copy2(src, partial / name)
     (partial / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
-    if (record / "result.json").exists():
-        raise SystemExit(f"{record} appeared while this run went: two processes ran seed {seed}")
-    if record.exists():
-        shutil.rmtree(record)  # an unfinished record (no result.json) of an earlier attempt
-    partial.rename(record)
+    publish(partial, record)
     print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return')} "
           f"in {result['seconds']:.0f} s", flush=True)
     return record
