@@ -2,13 +2,17 @@
 ``reach``, seeds 0..N-1, once with the loop's local envs and once with ``train.ray.address=local
 train.ray.workers=2`` (one env each): the default SAC for 8,000 env steps (the README's default
 run), and PPO with 2 envs x 512-step rollouts, 16 minibatches, for 16,384 steps (local: 2 envs in
-the loop; Ray: the two workers' envs side by side). The final evaluation's success and return
-(20 episodes), IQM over seeds with a 95 % bootstrap interval (rliable). Rows go to
-``benchmarks/results/ray_runs.jsonl`` (a rerun skips finished ones), the table to
-``benchmarks/results/ray_learning.md``.
+the loop; Ray: the two workers' envs side by side). Scored on the final evaluation (20 episodes).
 
-    python -m benchmarks.ray_learning --seeds 3
-    python -m benchmarks.ray_learning --seeds 3 --learner ppo
+Each run is an ``embodied-train`` run of a :mod:`benchmarks.seeds` study (``ray_<learner>_local``,
+``ray_<learner>_workers``), its record kept under ``benchmarks/results/runs/<study>/s<seed>/`` (a
+rerun skips finished seeds). The report is ``embodied-report`` over both studies grouped by
+``train.ray.address`` (``null``: local envs, ``local``: Ray workers), with the probability that
+the Ray runs score higher: ``benchmarks/results/reports/ray_learning/<learner>/<metric>/``, and the
+tables with the minutes per run in ``benchmarks/results/ray_learning.md``.
+
+    python -m benchmarks.ray_learning --seeds 5
+    python -m benchmarks.ray_learning --seeds 5 --learner ppo
 """
 
 from __future__ import annotations
@@ -18,80 +22,62 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, read_runs, record_run, run_cli
-from benchmarks.stats import iqm_ci
+from benchmarks import seeds
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-RUNS = RESULTS / "ray_runs.jsonl"
-PATHS = {"local": ("local envs (the loop's Driver)", []),
-         "ray": ("2 Ray rollout workers", ["train.ray.address=local", "train.ray.workers=2"])}
-LEARNERS = {  # learner -> (its overrides, env steps)
-    "sac": (["learner=sac"], 8000),
-    "ppo": (["learner=ppo", "train.num_envs=2", "learner.num_steps=512", "learner.num_minibatches=16"], 16384),
-}
+RESULTS = seeds.RESULTS
+LEARNERS = ("sac", "ppo")
+PATHS = {"local": "local envs (the loop's Driver)", "workers": "2 Ray rollout workers"}
+METRICS = ("eval/success", "eval/return")
 
 
-def one(learner: str, path: str, seed: int, episodes: int, root: Path) -> dict:
-    overrides, steps = LEARNERS[learner]
-    run_dir = root / f"{learner}_{path}_s{seed}"
-    cmd = [str(BIN / "embodied-train"), "env=reach", *overrides, f"seed={seed}", f"train.total_steps={steps}",
-           f"eval.every={steps}", f"eval.episodes={episodes}", "eval.video_episodes=0", f"checkpoint.every={steps}",
-           "wandb.mode=disabled", f"run_dir={run_dir}", *PATHS[path][1]]
-    result = run_cli(cmd, run_dir.with_suffix(".log"))
-    row = {"learner": learner, "path": path, "seed": seed, "steps": steps, "episodes": episodes,
-           "success": float(result["eval/success"]), "return": float(result["eval/return"]),
-           "seconds": round(result["seconds"], 1)}
-    record_run(RUNS, row)
-    write_table()
-    return row
+def records(learner: str, n: int) -> dict[str, list[Path]]:
+    return {path: [RESULTS / "runs" / f"ray_{learner}_{path}" / f"s{s}" for s in range(n)] for path in PATHS}
 
 
-def _iqm(x: np.ndarray) -> str:
-    if len(x) < 2:
-        return "–"
-    point, lo, hi = iqm_ci(x)
-    return f"{point:.2f} [{lo:.2f}, {hi:.2f}]"
+def report(learner: str, n: int) -> str | None:
+    """The learner's section of ray_learning.md, or None while a seed is missing."""
+    from embodied.report import make_report
+
+    runs = records(learner, n)
+    if not all((r / "result.json").exists() for rs in runs.values() for r in rs):
+        return None
+    title = seeds.STUDIES[f"ray_{learner}_local"][0].replace(", the loop's local env", "").replace(", local envs", "")
+    lines = [f"## {learner.upper()}: Ray rollout workers vs local envs ({n} seeds)", "", f"{title}.", ""]
+    for metric in METRICS:
+        out = RESULTS / "reports" / "ray_learning" / learner / metric.replace("/", "_")
+        make_report([str(r) for rs in runs.values() for r in rs], out, metric=metric, group_by=["train.ray.address"],
+                    compare=["local:null"], title=f"{learner.upper()} on reach, Ray workers (local) vs local envs (null): "
+                                                  f"{metric}")
+        lines += [(out / "report.md").read_text(), ""]
+    lines += ["| envs | minutes per run (mean over seeds) |", "|---|---:|"]
+    for path, label in PATHS.items():
+        minutes = np.mean([float((r / "seconds.txt").read_text()) for r in runs[path]]) / 60
+        lines.append(f"| {label} | {minutes:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
-def write_table() -> str:
-    rows = read_runs(RUNS)
-    lines = ["## SAC and PPO with Ray rollout workers vs local envs (`ray_learning`)", "",
-             "reach; SAC: the defaults, 8000 env steps; PPO: 2 envs x 512-step rollouts, 16 minibatches, 16384 steps. "
-             "Final evaluation over 20 episodes; IQM over seeds [95 % bootstrap CI].", "",
-             "| learner | envs | env steps | seeds | success per seed | success IQM | return IQM | minutes per run |",
-             "|---|---|---|---|---|---|---|---|"]
-    for learner in LEARNERS:
-        for path, (label, _) in PATHS.items():
-            got = sorted((r for r in rows if r.get("learner", "sac") == learner and r["path"] == path),
-                         key=lambda r: r["seed"])
-            if got:
-                lines.append(f"| {learner.upper()} | {label} | {got[0]['steps']} | {len(got)} | "
-                             f"{', '.join(f'{r['success']:.2f}' for r in got)} | "
-                             f"{_iqm(np.array([r['success'] for r in got]))} | "
-                             f"{_iqm(np.array([r['return'] for r in got]))} | "
-                             f"{np.mean([r['seconds'] for r in got]) / 60:.1f} |")
-    text = "\n".join(lines) + "\n"
+def write_tables(n: int) -> str:
+    parts = [text for learner in LEARNERS if (text := report(learner, n))]
+    text = "\n".join(["# SAC and PPO with Ray rollout workers vs local envs (`ray_learning`)", "", *parts])
     (RESULTS / "ray_learning.md").write_text(text)
     return text
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--learner", choices=sorted(LEARNERS), default="sac")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--root", default="runs/ray_learning")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--learner", choices=LEARNERS, action="append", help="default: both")
+    parser.add_argument("--scratch", default="runs/ray_learning", help="where the full run folders go")
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    steps = LEARNERS[args.learner][1]
-    have = {(r.get("learner", "sac"), r["path"], r["seed"], r["steps"]) for r in read_runs(RUNS)}
-    for seed in range(args.seeds):
-        for path in PATHS:
-            if (args.learner, path, seed, steps) not in have:
-                print(one(args.learner, path, seed, args.episodes, root), flush=True)
-    print(write_table())
+    if not args.report_only:
+        for learner in args.learner or LEARNERS:
+            for seed in range(args.seeds):
+                for path in PATHS:
+                    study = f"ray_{learner}_{path}"
+                    if not seeds.check_record(study, seed):
+                        seeds.run_seed(study, seed, Path(args.scratch))
+    print(write_tables(args.seeds))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,36 @@ STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
     "halfcheetah": ("SAC from state on gymnasium HalfCheetah-v5, defaults, 100,000 env steps, eval on 10 episodes "
                     "every 10,000", ["env=gym_halfcheetah", "train.total_steps=100000", "eval.every=10000",
                                      "checkpoint.every=50000"], ["eval/return"]),
+    # PPO vs stable-baselines3 PPO (CleanRL's continuous defaults on both sides): SB3's side in gym_vs_sb3.py
+    "ppo_hopper": ("PPO from state on gymnasium Hopper-v5 (+experiment=ppo_hopper: CleanRL's continuous defaults), "
+                   "300,000 env steps, eval on 10 episodes every 50,000", ["+experiment=ppo_hopper",
+                                                                           "train.total_steps=300000"], ["eval/return"]),
+    "ppo_halfcheetah": ("PPO from state on gymnasium HalfCheetah-v5 (+experiment=ppo_halfcheetah: CleanRL's continuous "
+                        "defaults), 300,000 env steps, eval on 10 episodes every 50,000",
+                        ["+experiment=ppo_halfcheetah", "train.total_steps=300000"], ["eval/return"]),
+    "invpendulum": ("SAC from state on gymnasium InvertedPendulum-v5, defaults, 12,000 env steps, eval on 10 episodes "
+                    "every 2,000", ["env=gym", "env.name=gym/InvertedPendulum-v5", "train.total_steps=12000",
+                                    "eval.every=2000", "checkpoint.every=12000"], ["eval/return"]),
     "pixels": ("SAC from 64x64 pixels on reach (+experiment=reach_pixels), 25,000 env steps",
                ["+experiment=reach_pixels"], ["eval/success", "eval/return"]),
 }
+# with Ray rollout workers vs the loop's local envs, on reach (benchmarks/ray_learning.py): the final
+# evaluation only, over 20 episodes
+_SAC_REACH = ["env=reach", "learner=sac", "train.total_steps=8000", "eval.every=8000", "eval.episodes=20",
+              "checkpoint.every=8000"]
+_PPO_REACH = ["env=reach", "learner=ppo", "train.num_envs=2", "learner.num_steps=512", "learner.num_minibatches=16",
+              "train.total_steps=16384", "eval.every=16384", "eval.episodes=20", "checkpoint.every=16384"]
+_RAY = ["train.ray.address=local", "train.ray.workers=2"]
+STUDIES.update({
+    "ray_sac_local": ("SAC defaults on reach, 8,000 env steps, the loop's local env", _SAC_REACH,
+                      ["eval/success", "eval/return"]),
+    "ray_sac_workers": ("SAC defaults on reach, 8,000 env steps, 2 Ray rollout workers (one env each)",
+                        _SAC_REACH + _RAY, ["eval/success", "eval/return"]),
+    "ray_ppo_local": ("PPO on reach, 2 envs x 512-step rollouts, 16 minibatches, 16,384 env steps, local envs",
+                      _PPO_REACH, ["eval/success", "eval/return"]),
+    "ray_ppo_workers": ("PPO on reach, 2 envs x 512-step rollouts, 16 minibatches, 16,384 env steps, 2 Ray rollout "
+                        "workers x 1 env", _PPO_REACH + _RAY, ["eval/success", "eval/return"]),
+})
 # studies that learn from demonstrations: the dataset their train.dataset override names
 # (relative to the repository root), made once with seed 0 by the documented embodied-make-dataset
 DATA = {"lift": ("runs/seeds/_data/lift_demos", ["env=robosuite_lift", "env.pixels=false", "kinds=[scripted]",

@@ -77,11 +77,14 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
     return found
 
 
-def _lookup(meta: Mapping[str, Any], key: str) -> Any:
+_MISSING = object()
+
+
+def _lookup(meta: Mapping[str, Any], key: str, missing: Any = None) -> Any:
     value: Any = meta
     for part in FIELDS.get(key, key).split("."):
         if not isinstance(value, Mapping) or part not in value:
-            return None
+            return missing
         value = value[part]
     return value
 
@@ -206,10 +209,10 @@ def build(run_dirs: Sequence[Path], metric: str, group_by: Sequence[str], task_k
         run = read_run(path, metric)
         parts = []
         for key in group_by:
-            value = _lookup(run.meta, key)
-            if value is None:
+            value = _lookup(run.meta, key, _MISSING)
+            if value is _MISSING:
                 raise ValueError(f"{path}: its config has no {FIELDS.get(key, key)} to group by (--group {key})")
-            parts.append(str(value))
+            parts.append("null" if value is None else str(value))  # a key set to null is a value: train.ray.address
         run.group = "/".join(parts)
         task = _lookup(run.meta, task_key)
         if task is None:

@@ -182,3 +182,18 @@ def test_unfinished_runs_are_named_and_default_comparisons_skip_groups_on_other_
     with pytest.raises(ValueError, match="sac_push_s1 has no result.json: an unfinished run"):
         make_report([str(tmp_path / "runs")], tmp_path / "out2", metric="eval/success", reps=200)
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_key_set_to_null_is_a_group_and_a_key_the_config_lacks_is_an_error(tmp_path):
+    runs = tmp_path / "runs"
+    for s in range(2):
+        for address, value in (("null", 0.5 + 0.1 * s), ("local", 0.9 + 0.1 * s)):
+            run = fake_run(runs, f"{address}_s{s}", "sac", "reach", s, {"eval/success": value})
+            config = run / ".hydra" / "config.yaml"
+            config.write_text(config.read_text().replace("train:\n", f"train:\n  ray:\n    address: {address}\n"))
+    data = make_report([str(runs)], tmp_path / "out", metric="eval/success", group_by=["train.ray.address"],
+                       compare=["local:null"], reps=200)
+    assert data["aggregates"]["null"]["per_run"]["reach"] == pytest.approx([0.5, 0.6])
+    assert data["aggregates"]["local"]["per_run"]["reach"] == pytest.approx([0.9, 1.0])
+    with pytest.raises(ValueError, match="no train.ray.workers to group by"):
+        make_report([str(runs)], tmp_path / "out2", metric="eval/success", group_by=["train.ray.workers"], reps=200)
