@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import has_record, partial_record, publish
+from benchmarks.runner import has_record, keep_run
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -74,15 +74,11 @@ CONDITIONS = {"IQL, learned reward (RL-VLM-F)": ("iql_rlvlmf", "rlvlmf", []),
 
 
 def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: int, conf: dict, **extra) -> None:
-    """An embodied-train run's metrics and result under ``record``, with a run.json naming its
-    condition (the three conditions all run learner=iql: the report groups them by this name)
-    and what the report needs besides (``extra``: the behaviour data's and the labels' figures)."""
-    partial = partial_record(record)
-    for name in ("metrics.jsonl", "result.json"):
-        shutil.copy2(run_dir / name, partial / name)
-    (partial / "run.json").write_text(json.dumps({"learner": learner, "env": "reach", "reward": reward, "seed": seed,
-                                                  "settings": conf, **extra}) + "\n")
-    publish(partial, record)
+    """An embodied-train run's record under ``record``, its run.json naming its condition (the three
+    conditions all run learner=iql: the report groups them by this name) and what the report needs
+    besides (``extra``: the behaviour data's and the labels' figures)."""
+    keep_run(run_dir, record, {"learner": learner, "env": "reach", "reward": reward, "seed": seed, "settings": conf,
+                               **extra})
 
 
 def main(argv: list[str] | None = None) -> dict:

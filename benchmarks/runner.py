@@ -1,7 +1,7 @@
 """What the multi-seed drivers share: the project's commands run as subprocesses with one thread
 each, a JSONL file of finished runs that a rerun reads to skip them (``residual_demos``,
-``vla_demos``), and run records that ``embodied-report`` reads (``seeds``, ``gym_vs_sb3``,
-``bench_iql``, ``pipeline_offline_vlmf``): written whole into a folder of this process and renamed
+``wm_demos``), and run records that ``embodied-report`` reads (``seeds``, ``gym_vs_sb3``,
+``bench_iql``, ``pipeline_offline_vlmf``, ``vla_demos``): written whole into a folder of this process and renamed
 into place, so a killed run never leaves a record that looks finished."""
 
 from __future__ import annotations
@@ -41,6 +41,23 @@ def record_run(path: Path, row: dict) -> None:
     """Append one finished run to ``path``."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def keep_run(run_dir: Path, record: Path, meta: dict, seconds: float | None = None) -> Path:
+    """An embodied-train run's ``metrics.jsonl`` and ``result.json`` under ``record``, with a
+    ``run.json`` of ``meta`` (``learner``, ``env``, ``reward``, ``seed``: what the report groups by,
+    where a driver names its conditions itself; ``settings``: what :func:`has_record` checks) and
+    the run's composed config as ``config.yaml`` (kept for the reader: the report reads run.json)."""
+    partial = partial_record(record)
+    for name in ("metrics.jsonl", "result.json"):
+        shutil.copy2(run_dir / name, partial / name)
+    if (run_dir / ".hydra" / "config.yaml").exists():
+        shutil.copy2(run_dir / ".hydra" / "config.yaml", partial / "config.yaml")
+    (partial / "run.json").write_text(json.dumps(meta) + "\n")
+    if seconds is not None:
+        (partial / "seconds.txt").write_text(f"{seconds:.1f}\n")
+    publish(partial, record)
+    return record
 
 
 def has_record(record: Path, settings: dict) -> bool:
