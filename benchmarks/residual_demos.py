@@ -1,5 +1,6 @@
 """Residual RL demonstrations for the README: BC base vs residual RL vs SAC with the same
-demos (RLPD-style), each from 3 seeds, rliable IQM with 95 % bootstrap CIs.
+demos (RLPD-style), each from 5 seeds, reported with ``embodied-report`` (rliable IQM with 95 %
+stratified-bootstrap CIs, probabilities of improvement).
 
 Per task and seed ``s``:
 
@@ -18,27 +19,30 @@ the base and the residual are scored on the same eval episodes of each seed. It 
 row: SAC on push from state with the same demos is the ``push`` task's.
 
 Every policy is evaluated on the same ``episodes`` episodes (fixed eval seeds). Each finished
-run is appended to ``benchmarks/results/residual_runs.jsonl`` (a rerun skips it), and the
-table is rewritten after each: ``benchmarks/results/residual_demos.md``.
+run's record (``metrics.jsonl``, ``result.json``, its config, a ``run.json`` naming the method) is
+kept in ``benchmarks/results/runs/residual/<task>_<method>/s<seed>/`` (a rerun skips it; a residual
+run whose BC base is gone clones it again with the same seed). The report per task goes to
+``benchmarks/results/reports/residual/<task>/``, the tables to ``benchmarks/results/residual_demos.md``.
 
-    python -m benchmarks.residual_demos --tasks push lift push_act --seeds 3 --jobs 2
+    python -m benchmarks.residual_demos --tasks push lift push_act --seeds 5 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, ENV, read_runs, record_run, run_cli
-from benchmarks.stats import iqm_ci
+from benchmarks.runner import BIN, ENV, has_record, keep_run, run_cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-RUNS = RESULTS / "residual_runs.jsonl"
+RECORDS = RESULTS / "runs" / "residual"
 
 PIXELS = ["env.pixels=true", "env.cameras=[front]", "env.image_size=64"]
 TASKS = {
@@ -63,12 +67,14 @@ ACT_FLAGS = ["--policy.type=act", "--policy.device=cpu", "--policy.push_to_hub=f
              "--num_workers=0", "--wandb.enable=false"]
 
 
-def _done() -> list[dict]:
-    return read_runs(RUNS)
+def record(task: str, method: str, seed: int) -> Path:
+    return RECORDS / f"{task}_{method}" / f"s{seed}"
 
 
-def _record(row: dict) -> None:
-    record_run(RUNS, row)
+def settings(task: str, method: str, steps: int, episodes: int) -> dict:
+    spec = TASKS[task]
+    return {"demo_steps": spec["demo_steps"], "bc_updates": spec.get("bc_updates"), "episodes": episodes,
+            "steps": 0 if method == "bc" else steps, "base": spec.get("base", "bc")}
 
 
 def demos(task: str, root: Path) -> Path:
@@ -116,35 +122,52 @@ def one(task: str, seed: int, method: str, root: Path, steps: int, episodes: int
     else:
         cmd = [f"+experiment=rlpd_{experiment}", f"train.total_steps={steps}", f"eval.every={steps}",
                f"run_dir={root / f'{task}_sac_s{seed}'}"]
+    run_dir = next(Path(c.split("=", 1)[1]) for c in cmd if c.startswith("run_dir="))
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished earlier attempt: start it again
     result = run_cli([str(BIN / "embodied-train"), *flags, *cmd], root / f"{task}_{method}_s{seed}.log")
-    row = {"task": task, "method": method, "seed": seed, "steps": 0 if method == "bc" else steps,
-           "episodes": episodes, "success": float(result["eval/success"]), "seconds": result["seconds"]}
-    _record(row)
-    write_table()
-    return row
+    target = record(task, method, seed)
+    if not (target / "result.json").exists():  # a BC base cloned again for a residual run keeps its first record
+        keep_run(run_dir, target, {"learner": method, "env": spec["env"], "reward": "sparse", "seed": seed,
+                                   "settings": settings(task, method, steps, episodes)}, result["seconds"])
+    print(f"{task} {method} seed {seed}: success {result['eval/success']:.2f} in {result['seconds'] / 60:.1f} min",
+          flush=True)
+    return result
 
 
-def write_table() -> str:
-    rows = _done()
-    lines = ["## Residual RL: BC base vs residual RL vs SAC with the same demos", "",
+NAMES = {"bc": "BC base (frozen)", "residual": "residual RL over it", "sac": "SAC from scratch + same demos"}
+
+
+def methods(task: str) -> tuple[str, ...]:
+    return ("bc", "residual") if TASKS[task].get("base") == "act" else ("bc", "residual", "sac")
+
+
+def write_table(n: int) -> str:
+    """The report of every task whose methods have all of seeds 0..n-1 recorded."""
+    from embodied.report import make_report
+
+    lines = ["# Residual RL: BC base vs residual RL vs SAC with the same demos (`residual_demos`)", "",
              "Sparse reward (1 at success, episode ends there), scripted demonstrations (success only) as half of "
              "each batch, the same critic ensemble (10 heads, 128x128, LayerNorm), batch 128 and 4 critic updates "
-             "per env step for both RL learners. Success over the same evaluation episodes; IQM over seeds with "
-             "95 % bootstrap CI (rliable). `benchmarks/residual_demos.py`.", "",
-             "| task | method | env steps | eval episodes | seeds | success per seed | IQM | 95 % CI |",
-             "|---|---|---|---|---|---|---|---|"]
-    names = {"bc": "BC base (frozen)", "residual": "residual RL over it", "sac": "SAC from scratch + same demos"}
-    act_names = {**names, "bc": "LeRobot ACT base (frozen)"}
+             "per env step for both RL learners. Success over the same evaluation episodes per seed. Groups: `bc` "
+             "the frozen base (for push_act the LeRobot ACT, scored as the residual at step 0), `residual` the "
+             "residual RL over it, `sac` SAC from scratch with the same demos. `benchmarks/residual_demos.py`.", ""]
     for task in TASKS:
-        for method in ("bc", "residual", "sac"):
-            got = [r for r in rows if r["task"] == task and r["method"] == method]
-            if not got:
-                continue
-            scores = np.array([r["success"] for r in sorted(got, key=lambda r: r["seed"])])
-            point, lo, hi = iqm_ci(scores) if len(scores) >= 2 else (float(scores[0]), float("nan"), float("nan"))
-            label = (act_names if TASKS[task].get("base") == "act" else names)[method]
-            lines.append(f"| {TASKS[task]['label']} | {label} | {got[0]['steps']} | {got[0]['episodes']} | {len(got)} | "
-                         f"{', '.join(f'{s:.2f}' for s in scores)} | {point:.2f} | [{lo:.2f}, {hi:.2f}] |")
+        runs = [record(task, m, s) for m in methods(task) for s in range(n)]
+        if not all((r / "result.json").exists() for r in runs):
+            continue
+        out = RESULTS / "reports" / "residual" / task
+        compare = ["residual:bc"] + (["residual:sac"] if "sac" in methods(task) else [])
+        make_report([str(r) for r in runs], out, metric="eval/success", group_by=["learner"], compare=compare,
+                    title=f"{TASKS[task]['label']}: eval/success")
+        lines += [(out / "report.md").read_text(), "", "| method | env steps | minutes per run (mean over seeds) |",
+                  "|---|---:|---:|"]
+        for m in methods(task):
+            made = json.loads((record(task, m, 0) / "run.json").read_text())["settings"]
+            minutes = np.mean([float((record(task, m, s) / "seconds.txt").read_text()) for s in range(n)]) / 60
+            name = "LeRobot ACT base (frozen)" if m == "bc" and TASKS[task].get("base") == "act" else NAMES[m]
+            lines.append(f"| {name} (`{m}`) | {made['steps']} | {minutes:.1f} |")
+        lines.append("")
     text = "\n".join(lines) + "\n"
     (RESULTS / "residual_demos.md").write_text(text)
     return text
@@ -153,27 +176,31 @@ def write_table() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--root", default="runs/residual_demos")
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
-    have = {(r["task"], r["method"], r["seed"]) for r in _done()}
-    for task in args.tasks:
+    for task in [] if args.report_only else args.tasks:
+        root.mkdir(parents=True, exist_ok=True)
+        done = {(m, s) for m in methods(task) for s in range(args.seeds)
+                if has_record(record(task, m, s), settings(task, m, args.steps, args.episodes))}
+        todo = [(s, m) for s in range(args.seeds) for m in methods(task) if m != "bc" and (m, s) not in done]
         data = demos(task, root)
-        methods = ("residual",) if TASKS[task].get("base") == "act" else ("residual", "sac")
-        if TASKS[task].get("base") == "act":
+        if TASKS[task].get("base") == "act":  # its base row is the residual at step 0: no clone to make
             act_base(task, root, data)
-        with ThreadPoolExecutor(args.jobs) as pool:  # the BC bases first: the residual runs need them
-            list(pool.map(lambda s: one(task, s, "bc", root, args.steps, args.episodes, data),
-                          [s for s in range(args.seeds) if (task, "bc", s) not in have]))
-            todo = [(s, m) for s in range(args.seeds) for m in methods if (task, m, s) not in have]
+            todo = [(s, m) for s in range(args.seeds) for m in methods(task) if (m, s) not in done]
+            bc = []
+        else:  # BC first: a seed needs it for its record, or as the base its residual run starts from
+            bc = [s for s in range(args.seeds) if ("bc", s) not in done or any(t == s and m == "residual" for t, m in todo)
+                  and not (root / f"{task}_bc_s{s}" / "result.json").exists()]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda s: one(task, s, "bc", root, args.steps, args.episodes, data), bc))
             list(pool.map(lambda sm: one(task, sm[0], sm[1], root, args.steps, args.episodes, data), todo))
-    print(write_table())
+    print(write_table(args.seeds))
 
 
 if __name__ == "__main__":
