@@ -38,6 +38,10 @@ STUDIES = {  # name -> (title, embodied-train overrides, metrics reported)
              "eval on 20 episodes every 10,000", ["env=push", "train.total_steps=100000", "eval.every=10000",
                                                   "eval.episodes=20", "checkpoint.every=20000"],
              ["eval/success", "eval/return"]),
+    "push_150k": ("SAC from state on the built-in push, defaults, 150,000 env steps (the push study ran on: its success "
+                  "still rose at 100k), eval on 20 episodes every 10,000",
+                  ["env=push", "train.total_steps=150000", "eval.every=10000", "eval.episodes=20",
+                   "checkpoint.every=50000"], ["eval/success", "eval/return"]),
     "lift": ("SAC from state on robosuite Lift (Panda, OSC_POSE, dense reward, 200-step episodes) with 20 scripted "
              "demonstrations (4,000 transitions, success only) as half of each batch, defaults otherwise, 100,000 env "
              "steps, eval on 20 episodes every 10,000",
