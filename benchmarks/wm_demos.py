@@ -1,4 +1,4 @@
-"""World-model demonstrations for the README, CPU-sized, 3 seeds, rliable IQM with 95 % CIs.
+"""World-model demonstrations for the README, CPU-sized, 5 seeds, rliable IQM with 95 % CIs.
 
 ``--study vagram`` — VaGraM vs the maximum-likelihood model loss under distractor dimensions,
 with a small model: the built-in ``reach`` task (8-dim state) with 10 chaotic distractor
@@ -26,30 +26,37 @@ run, trained on background a, is evaluated on background b (before), then adapte
 2000 reward-free steps (``train.adapt_from=<its run folder>``, evaluated every 500 steps); the
 same 20 evaluation episodes throughout.
 
-Every finished run is appended to ``benchmarks/results/wm_runs.jsonl`` (a rerun skips it) and
-the tables are rewritten after each: ``benchmarks/results/wm_demos.md``.
+Each finished run of ``vagram``, ``visual`` and ``visual_dense`` keeps its record (``metrics.jsonl``,
+``result.json``, its config, a ``run.json`` naming the method) in
+``benchmarks/results/runs/wm/<study>/<method>_<steps>/s<seed>/`` (a rerun skips it), and the study's
+report, ``embodied-report`` on the final return (and, for ``vagram``, on the value error and the
+model's MSE), goes to ``benchmarks/results/reports/wm/<study>/``. The probe's measurements and the
+adaptation runs are appended to ``benchmarks/results/wm_runs.jsonl``. The tables are rewritten
+after each run: ``benchmarks/results/wm_demos.md``.
 
-    python -m benchmarks.wm_demos --study vagram --seeds 3 --jobs 2
-    python -m benchmarks.wm_demos --study visual --seeds 3 --jobs 2
-    python -m benchmarks.wm_demos --study probe --seeds 3
-    python -m benchmarks.wm_demos --study adapt --seeds 3 --jobs 2
+    python -m benchmarks.wm_demos --study vagram --seeds 5 --jobs 2
+    python -m benchmarks.wm_demos --study visual --seeds 5 --jobs 2
+    python -m benchmarks.wm_demos --study probe --seeds 5
+    python -m benchmarks.wm_demos --study adapt --seeds 5 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, read_runs, record_run, run_cli
+from benchmarks.runner import BIN, has_record, keep_run, read_runs, record_run, run_cli
 from benchmarks.stats import iqm_ci
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-RUNS = RESULTS / "wm_runs.jsonl"
+RUNS = RESULTS / "wm_runs.jsonl"  # the probe's measurements and the adaptation runs
+RECORDS = RESULTS / "runs" / "wm"
 
 MBPO_FLAGS = ["learner=world_model", "+env.distractor_dims=10", "train.warmup_steps=500", "train.learning_starts=500",
               "learner.model_every=250", "learner.model_train_steps=100", "learner.rollout_batch=100",
@@ -94,21 +101,30 @@ def last(run_dir: Path, key: str) -> float:
     return value
 
 
+def record(study: str, method: str, seed: int, steps: int) -> Path:
+    return RECORDS / study / f"{method}_{steps}" / f"s{seed}"
+
+
+def settings(study: str, method: str, steps: int, episodes: int) -> dict:
+    return {"flags": STUDIES[study][method][1], "steps": steps, "episodes": episodes}
+
+
 def one(study: str, method: str, seed: int, root: Path, steps: int, episodes: int) -> dict:
     run_dir = root / study / f"{method}_{steps}_s{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished earlier attempt: start it again
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     flags = STUDIES[study][method][1]
     cmd = [str(BIN / "embodied-train"), *flags, f"seed={seed}", f"train.total_steps={steps}", f"eval.every={steps}",
            f"eval.episodes={episodes}", "eval.video_episodes=1", f"checkpoint.every={steps}", "log.every=500",
            "wandb.mode=disabled", "train.threads=1", f"run_dir={run_dir}"]
     result = run_cli(cmd, run_dir.with_suffix(".log"))
-    row = {"study": study, "method": method, "seed": seed, "steps": steps, "episodes": episodes,
-           "return": float(result["eval/return"]), "success": float(result["eval/success"]),
-           "value_error": last(run_dir, "model/value_error"), "model_mse": last(run_dir, "model/mse"),
-           "seconds": round(result["seconds"], 1)}
-    record_run(RUNS, row)
-    write_tables()
-    return row
+    keep_run(run_dir, record(study, method, seed, steps), {"learner": method, "env": "reach", "reward": "env",
+                                                           "seed": seed, "settings": settings(study, method, steps, episodes)},
+             result["seconds"])
+    print(f"{study} {method} seed {seed}: return {result['eval/return']:.2f} in {result['seconds'] / 60:.1f} min",
+          flush=True)
+    return result
 
 
 def _source(root: Path, method: str, seed: int, study: str) -> Path:
@@ -248,27 +264,43 @@ def _adapt_rows(got: list[dict], source: str) -> list[str]:
     return lines + [""]
 
 
-def write_tables() -> str:
-    rows = read_runs(RUNS)
-    lines = ["## World models", ""]
-    for study, methods in STUDIES.items():
-        got_study = [r for r in rows if r["study"] == study]
-        if not got_study:
+COMPARE = {"vagram": ["vagram:mle", "vagram:sac", "mle:sac"],
+           "visual": ["repo:recon", "infopower:recon"], "visual_dense": ["repo:recon", "infopower:recon"]}
+
+
+def _study_report(study: str, n: int) -> list[str]:
+    """The study's reports over the seeds 0..n-1 of each (method, steps) all its methods ran."""
+    from embodied.report import make_report
+
+    methods = STUDIES[study]
+    budgets = {int(p.name.rsplit("_", 1)[1]) for p in (RECORDS / study).glob("*_*")}
+    lines = []
+    for steps in sorted(budgets):
+        runs = {m: [record(study, m, s, steps) for s in range(n)] for m in methods}
+        if not all((r / "result.json").exists() for rs in runs.values() for r in rs):
             continue
-        lines += [f"### {study}", "", "| method | env steps | seeds | eval return per seed | return IQM [95 % CI] | "
-                  "value error IQM [95 % CI] | model MSE IQM | minutes per run |", "|---|---|---|---|---|---|---|---|"]
-        for method, (label, _) in methods.items():
-            for steps in sorted({r["steps"] for r in got_study if r["method"] == method}):
-                got = sorted((r for r in got_study if r["method"] == method and r["steps"] == steps),
-                             key=lambda r: r["seed"])
-                ret = np.array([r["return"] for r in got])
-                verr = np.array([r["value_error"] for r in got])
-                mse = np.array([r["model_mse"] for r in got])
-                mse_text = _interval(mse).split(" ")[0] if np.isfinite(mse).all() else "–"
-                lines.append(f"| {label} | {steps} | {len(got)} | {', '.join(f'{x:.1f}' for x in ret)} | "
-                             f"{_interval(ret)} | {_interval(verr)} | {mse_text} | "
-                             f"{np.mean([r['seconds'] for r in got]) / 60:.0f} |")
+        lines += [f"### {study}, {steps:,} env steps", "", "Methods: " + "; ".join(f"`{m}` {label}" for m, (label, _)
+                                                                                  in methods.items()) + ".", ""]
+        metrics = ["eval/return"] + (["model/value_error", "model/mse"] if study == "vagram" else [])
+        for metric in metrics:
+            names = [m for m in methods if metric == "eval/return" or m != "sac"]  # model-free SAC has no model
+            out = RESULTS / "reports" / "wm" / study / str(steps) / metric.replace("/", "_")
+            make_report([str(r) for m in names for r in runs[m]], out, metric=metric, group_by=["learner"],
+                        compare=[c for c in COMPARE[study] if set(c.split(":")) <= set(names)],
+                        title=f"{study}, {steps:,} env steps: {metric}")
+            lines += [(out / "report.md").read_text(), ""]
+        lines += ["| method | minutes per run (mean over seeds) |", "|---|---:|"]
+        lines += [f"| `{m}` | {np.mean([float((r / 'seconds.txt').read_text()) for r in runs[m]]) / 60:.0f} |"
+                  for m in methods]
         lines.append("")
+    return lines
+
+
+def write_tables(n: int = 5) -> str:
+    rows = read_runs(RUNS)
+    lines = ["# World models (`wm_demos`)", ""]
+    for study in STUDIES:
+        lines += _study_report(study, n)
     lines += _probe_table(rows) + _adapt_table(rows)
     text = "\n".join(lines) + "\n"
     (RESULTS / "wm_demos.md").write_text(text)
@@ -278,7 +310,7 @@ def write_tables() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", choices=[*STUDIES, "probe", "adapt"], default="vagram")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=None)
@@ -305,10 +337,11 @@ def main(argv=None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda s: adapt_one(s, root, steps, args.episodes, args.source), todo))
     else:
-        todo = [(m, s) for s in range(args.seeds) for m in methods if (args.study, "visual", m, s, steps) not in have]
+        todo = [(m, s) for s in range(args.seeds) for m in methods
+                if not has_record(record(args.study, m, s, steps), settings(args.study, m, steps, args.episodes))]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda ms: one(args.study, ms[0], ms[1], root, steps, args.episodes), todo))
-    print(write_tables())
+    print(write_tables(args.seeds))
 
 
 if __name__ == "__main__":
