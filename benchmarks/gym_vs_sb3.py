@@ -44,8 +44,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks import seeds
-from benchmarks.bench_sac_parity import evaluate
 from benchmarks.runner import has_record, partial_record, publish
 
 RESULTS = seeds.RESULTS
@@ -84,6 +85,20 @@ def settings(task: str) -> dict:
         conf.update(num_steps=2048, gamma=0.99)
     conf["eval_seed"] = EVAL_SEED
     return conf
+
+
+def evaluate(env, act, episodes: int, seed: int) -> float:
+    """Mean return of ``episodes`` episodes of ``act`` (an observation -> an action), episode k reset
+    with seed + k."""
+    returns = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        done, ret = False, 0.0
+        while not done:
+            obs, r, term, trunc, _ = env.step(act(obs))
+            ret, done = ret + float(r), term or trunc
+        returns.append(ret)
+    return float(np.mean(returns))
 
 
 def sb3_record(task: str, seed: int) -> Path:
