@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import seeds
+from benchmarks.runner import report_section
 
 RESULTS = seeds.RESULTS
 LEARNERS = ("sac", "ppo")
@@ -48,7 +49,7 @@ def report(learner: str, n: int) -> str | None:
         make_report([str(r) for rs in runs.values() for r in rs], out, metric=metric, group_by=["train.ray.address"],
                     compare=["local:null"], title=f"{learner.upper()} on reach, Ray workers (local) vs local envs (null): "
                                                   f"{metric}")
-        lines += [(out / "report.md").read_text(), ""]
+        lines += [report_section(out), ""]
     lines += ["| envs | minutes per run (mean over seeds) |", "|---|---:|"]
     for path, label in PATHS.items():
         minutes = np.mean([float((r / "seconds.txt").read_text()) for r in runs[path]]) / 60

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, ENV, has_record, keep_run, run_cli
+from benchmarks.runner import BIN, ENV, has_record, keep_run, report_section, run_cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -160,7 +160,7 @@ def write_table(n: int) -> str:
         compare = ["residual:bc"] + (["residual:sac"] if "sac" in methods(task) else [])
         make_report([str(r) for r in runs], out, metric="eval/success", group_by=["learner"], compare=compare,
                     title=f"{TASKS[task]['label']}: eval/success")
-        lines += [(out / "report.md").read_text(), "", "| method | env steps | minutes per run (mean over seeds) |",
+        lines += [report_section(out), "", "| method | env steps | minutes per run (mean over seeds) |",
                   "|---|---:|---:|"]
         for m in methods(task):
             made = json.loads((record(task, m, 0) / "run.json").read_text())["settings"]

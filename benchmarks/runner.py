@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,11 @@ def keep_run(run_dir: Path, record: Path, meta: dict, seconds: float | None = No
         (partial / "seconds.txt").write_text(f"{seconds:.1f}\n")
     publish(partial, record)
     return record
+
+
+def report_section(out: Path) -> str:
+    """``out``'s report.md one heading level down, to sit under a driver's own heading."""
+    return re.sub(r"^(#+) ", r"#\1 ", (out / "report.md").read_text(), flags=re.M)
 
 
 def has_record(record: Path, settings: dict) -> bool:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, has_record, keep_run, run_cli
+from benchmarks.runner import BIN, has_record, keep_run, report_section, run_cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -114,7 +114,7 @@ def write_table(n: int) -> str:
         make_report([str(r) for r in runs], out, metric="eval/success", group_by=["learner"],
                     compare=["ppo:bc", "ppo_gvl:bc", "ppo_gvl:ppo"],
                     title=f"VLA on lang_reach, PPO for {steps:,} env steps from each seed's BC policy: eval/success")
-        lines += [(out / "report.md").read_text(), "", "| method | minutes per run (mean over seeds) |", "|---|---:|"]
+        lines += [report_section(out), "", "| method | minutes per run (mean over seeds) |", "|---|---:|"]
         for m, label in METHODS.items():
             minutes = np.mean([float((record(m, s, steps) / "seconds.txt").read_text()) for s in range(n)]) / 60
             lines.append(f"| {label} (`{m}`) | {minutes:.1f} |")

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, has_record, keep_run, read_runs, record_run, run_cli
+from benchmarks.runner import BIN, has_record, keep_run, read_runs, record_run, report_section, run_cli
 from benchmarks.stats import iqm_ci
 
 HERE = Path(__file__).resolve().parent
@@ -288,7 +288,7 @@ def _study_report(study: str, n: int) -> list[str]:
             make_report([str(r) for m in names for r in runs[m]], out, metric=metric, group_by=["learner"],
                         compare=[c for c in COMPARE[study] if set(c.split(":")) <= set(names)],
                         title=f"{study}, {steps:,} env steps: {metric}")
-            lines += [(out / "report.md").read_text(), ""]
+            lines += [report_section(out), ""]
         lines += ["| method | minutes per run (mean over seeds) |", "|---|---:|"]
         lines += [f"| `{m}` | {np.mean([float((r / 'seconds.txt').read_text()) for r in runs[m]]) / 60:.0f} |"
                   for m in methods]
