@@ -1,4 +1,7 @@
-"""PPO vs stable-baselines3 PPO: learning parity on MuJoCo and training speed, same machine.
+"""PPO vs stable-baselines3 PPO: training speed on the same machine, and the cost of episode
+rewards on-policy. (Learning parity over seeds, through ``embodied-train`` and
+``embodied-report``, is ``python -m benchmarks.gym_vs_sb3 --task ppo_hopper --task
+ppo_halfcheetah``; it builds SB3's side with :func:`sb3_model` below.)
 
 Equal settings on both sides: CleanRL's continuous PPO (rollouts of 2048 steps, 32
 minibatches, 10 epochs, lr 3e-4 annealed linearly to 0, gamma 0.99, GAE lambda 0.95, clip
@@ -10,26 +13,18 @@ prediction only (ours, as CleanRL, takes the max of clipped and unclipped square
 times 0.5); SB3 updates its normalisation statistics at every env step, ours once per
 rollout (constant during a rollout and its update).
 
-``parity``  final return (10 deterministic episodes) after ``--steps`` env steps on
-            Hopper-v5 and HalfCheetah-v5 for ``--seeds`` seeds. Ours runs the product
-            (``embodied-train +experiment=ppo_<task>``), SB3 runs ``model.learn``; every run
-            is its own subprocess, ``--jobs`` at a time. Each finished run is appended to
-            ``benchmarks/results/ppo_runs.jsonl`` at once (a killed benchmark keeps what it
-            measured; a rerun skips the runs already there unless ``--fresh``). Reported: IQM
-            per task with a 95 % stratified-bootstrap CI (rliable) and the ratio of IQMs.
-``episodic`` the cost of an episode reward (GVL) in on-policy rollouts on the built-in
-            reach task, at a simulated VLM inference time per query (see :func:`episodic`).
 ``speed``   env steps/s of training (acting, env steps and updates) on Hopper-v5 with 1 env
             (2048-step rollouts) and with 8 envs (8 x 256): ours through the training loop's
             on-policy iteration (gymnasium SyncVectorEnv, SAME_STEP autoreset), SB3's
             ``learn`` on a DummyVecEnv (its sequential vector env) + VecNormalize; one torch
             thread each, the same total steps, interleaved rounds, the median rate and the
             ratio with its spread over rounds (target >= 1.3).
+``episodic`` the cost of an episode reward (GVL) in on-policy rollouts on the built-in
+            reach task, at a simulated VLM inference time per query (see :func:`episodic`).
 
-Writes ``benchmarks/results/ppo.{json,md}`` (``ppo_runs.jsonl`` holds the parity runs).
+Writes ``benchmarks/results/ppo.{json,md}``.
 
     python -m benchmarks.bench_ppo --quick                       # smoke: both parts, tiny sizes
-    python -m benchmarks.bench_ppo parity --steps 300000 --seeds 3 --jobs 2
     python -m benchmarks.bench_ppo speed --speed-steps 16384 --rounds 3
     python -m benchmarks.bench_ppo episodic
 """
@@ -45,17 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.stats import iqm_ci
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = RESULTS / "ppo_runs.jsonl"
-TASKS = {"Hopper-v5": "ppo_hopper", "HalfCheetah-v5": "ppo_halfcheetah"}
 TARGET = 1.3
 PEERS = ("ours", "stable-baselines3")
 
@@ -80,86 +70,6 @@ def sb3_model(env_id: str, num_envs: int, num_steps: int, total: int, seed: int)
                 policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": nn.Tanh,
                                "ortho_init": True, "log_std_init": 0.0}, verbose=0)
     return model, venv
-
-
-def sb3_run(env_id: str, steps: int, seed: int, episodes: int) -> float:
-    """One SB3 parity run: learn, then the mean return of deterministic episodes."""
-    import gymnasium as gym
-    import torch
-
-    torch.set_num_threads(1)
-    model, venv = sb3_model(env_id, 1, 2048, steps, seed)
-    model.learn(total_timesteps=steps, progress_bar=False)
-    venv.training = False
-    env = gym.make(env_id)
-    returns = []
-    for k in range(episodes):
-        obs, _ = env.reset(seed=100_000 + seed + k)
-        done, ret = False, 0.0
-        while not done:
-            action = model.predict(venv.normalize_obs(obs[None]), deterministic=True)[0][0]
-            obs, r, term, trunc, _ = env.step(action)
-            ret, done = ret + float(r), term or trunc
-        returns.append(ret)
-    return float(np.mean(returns))
-
-
-# ---------------------------------------------------------------------- parity
-def _command(peer: str, env_id: str, steps: int, seed: int, episodes: int, run_dir: str) -> list[str]:
-    if peer == "ours":
-        return [sys.executable, "-m", "embodied.cli.train", f"+experiment={TASKS[env_id]}", f"seed={seed}",
-                f"train.total_steps={steps}", f"run_dir={run_dir}", f"eval.every={steps}",
-                f"eval.episodes={episodes}", "eval.video_episodes=0", f"checkpoint.every={steps * 2}",
-                "wandb.mode=disabled", "train.threads=1", "log.level=WARNING"]
-    return [sys.executable, "-m", "benchmarks.bench_ppo", "--worker", "--env", env_id, "--steps", str(steps),
-            "--seed", str(seed), "--episodes", str(episodes)]
-
-
-def _run_one(peer: str, env_id: str, steps: int, seed: int, episodes: int) -> dict:
-    env = dict(os.environ, MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa", OMP_NUM_THREADS="1")
-    with tempfile.TemporaryDirectory(prefix="bench_ppo_") as tmp:
-        start = time.perf_counter()
-        proc = subprocess.run(_command(peer, env_id, steps, seed, episodes, f"{tmp}/run"), cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{peer} {env_id} seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    score = result["eval/return"] if peer == "ours" else result["return"]
-    return {"peer": peer, "env": env_id, "seed": seed, "steps": steps, "episodes": episodes,
-            "return": float(score), "seconds": seconds}
-
-
-def parity(envs: list[str], steps: int, seeds: int, episodes: int, jobs: int, fresh: bool) -> dict:
-    RESULTS.mkdir(exist_ok=True)
-    if fresh and RUNS.exists():
-        RUNS.unlink()
-    done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
-    have = {(r["peer"], r["env"], r["seed"], r["steps"], r["episodes"]) for r in done}
-    todo = [(p, e, s) for e in envs for s in range(seeds) for p in PEERS if (p, e, s, steps, episodes) not in have]
-    print(f"parity: {len(todo)} runs to do ({len(have)} in {RUNS.name}), {jobs} at a time", flush=True)
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(_run_one, p, e, steps, s, episodes): (p, e, s) for p, e, s in todo}
-        for future in as_completed(futures):
-            row = future.result()
-            with RUNS.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"  {row['peer']} {row['env']} seed {row['seed']}: return {row['return']:.1f} "
-                  f"({row['seconds']:.0f} s)", flush=True)
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines()]
-    out: dict = {"steps": steps, "seeds": seeds, "episodes": episodes, "tasks": {}}
-    for env_id in envs:
-        task = {}
-        for peer in PEERS:
-            mine = sorted((r for r in rows if (r["peer"], r["env"], r["steps"], r["episodes"]) == (peer, env_id, steps, episodes)
-                           and r["seed"] < seeds), key=lambda r: r["seed"])
-            scores = np.array([r["return"] for r in mine])
-            task[peer] = {"returns": scores.tolist(), "iqm_ci95": iqm_ci(scores) if len(scores) else None,
-                          "seconds": float(sum(r["seconds"] for r in mine))}
-        ours, sb3 = task["ours"]["iqm_ci95"], task["stable-baselines3"]["iqm_ci95"]
-        task["iqm_ratio"] = ours[0] / sb3[0] if ours and sb3 and sb3[0] else float("nan")
-        out["tasks"][env_id] = task
-    return out
 
 
 # ---------------------------------------------------------------------- speed
@@ -264,24 +174,12 @@ def episodic(total: int, seeds: int) -> dict:
 def write(result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     old = json.loads((RESULTS / "ppo.json").read_text()) if (RESULTS / "ppo.json").exists() else {}
-    result = {**old, **result, "machine": platform.processor() or platform.machine()}
+    result = {**{k: v for k, v in old.items() if k != "parity"}, **result,  # parity: gym_vs_sb3's now
+              "machine": platform.processor() or platform.machine()}
     (RESULTS / "ppo.json").write_text(json.dumps(result, indent=2))
     lines = ["## PPO vs stable-baselines3 PPO (`bench_ppo`)", "",
              "CleanRL continuous settings on both sides (2048-step rollouts, 32 minibatches, 10 epochs, 64x64 tanh, "
              "obs + reward normalisation; SB3 via VecNormalize)."]
-    p = result.get("parity")
-    if p:
-        lines += ["", f"**Parity**: final return of {p['episodes']} deterministic episodes after {p['steps']} env steps, "
-                  f"{p['seeds']} seeds; IQM with 95 % stratified-bootstrap CI (rliable).", "",
-                  "| task | learner | IQM return | 95 % CI | per-seed returns | wall s (all seeds) |",
-                  "|---|---|---:|---|---|---:|"]
-        for env_id, task in p["tasks"].items():
-            for peer in PEERS:
-                stats = task[peer]["iqm_ci95"]
-                runs = ", ".join(f"{s:.0f}" for s in task[peer]["returns"])
-                cell = f"{stats[0]:.1f} | [{stats[1]:.1f}, {stats[2]:.1f}]" if stats else "- | -"
-                lines.append(f"| {env_id} | {peer} | {cell} | {runs} | {task[peer]['seconds']:.0f} |")
-            lines.append(f"| {env_id} | IQM ratio ours / SB3 | **{task['iqm_ratio']:.2f}** | | | |")
     s = result.get("speed")
     if s:
         lines += ["", f"**Speed**: env steps/s of training (acting + env + updates), {s['env']}, {s['total_steps']} "
@@ -309,30 +207,12 @@ def write(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", choices=["all", "parity", "speed", "episodic"], default="all")
-    parser.add_argument("--quick", action="store_true", help="parity: 2 seeds x 4096 steps on Hopper; speed: 4096 steps, 1 round")
-    parser.add_argument("--steps", type=int, default=None, help="parity: env steps per run (default 300000)")
-    parser.add_argument("--seeds", type=int, default=None, help="parity: seeds per task and learner (default 3)")
-    parser.add_argument("--episodes", type=int, default=10, help="parity: evaluation episodes per run")
-    parser.add_argument("--envs", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--jobs", type=int, default=1, help="parity runs at a time (each is one process, one thread)")
-    parser.add_argument("--fresh", action="store_true", help=f"forget the runs in {RUNS.name}")
+    parser.add_argument("what", nargs="?", choices=["all", "speed", "episodic"], default="all")
+    parser.add_argument("--quick", action="store_true", help="speed: 4096 steps, 1 round; episodic: 2048 steps, 1 seed")
     parser.add_argument("--speed-steps", type=int, default=None, help="speed: env steps per timed run (default 16384)")
     parser.add_argument("--rounds", type=int, default=None, help="speed: interleaved rounds (default 3)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one SB3 parity run
-    parser.add_argument("--env", default="Hopper-v5", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        ret = sb3_run(args.env, args.steps, args.seed, args.episodes)
-        print(json.dumps({"return": ret}))
-        return {"return": ret}
     result: dict = {}
-    if args.what in ("all", "parity"):
-        steps = args.steps or (4096 if args.quick else 300_000)
-        envs = ["Hopper-v5"] if args.quick else args.envs
-        result["parity"] = parity(envs, steps, args.seeds or (2 if args.quick else 3),
-                                  2 if args.quick else args.episodes, args.jobs, args.fresh)
     if args.what in ("all", "speed"):
         result["speed"] = speed("Hopper-v5", args.speed_steps or (4096 if args.quick else 16384),
                                 args.rounds or (1 if args.quick else 3))
