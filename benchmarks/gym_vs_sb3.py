@@ -40,6 +40,7 @@ expert reference scores.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -63,7 +64,12 @@ EVAL_SEED = 100_000  # episode k of run seed s resets with EVAL_SEED + s + k, as
 
 def settings(task: str) -> dict:
     """Budget, evaluation and warm-up of the study's embodied-train runs as Hydra composes them
-    (experiment files included), for SB3 to match."""
+    (experiment files included), for SB3 to match: a fresh dict (callers may change it)."""
+    return dict(_settings(task))
+
+
+@functools.cache
+def _settings(task: str) -> dict:  # composed once per task: every seed's record check asks
     from hydra import compose, initialize_config_dir
 
     from embodied.cli import CONFIG_DIR

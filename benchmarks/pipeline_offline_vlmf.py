@@ -73,14 +73,6 @@ CONDITIONS = {"IQL, learned reward (RL-VLM-F)": ("iql_rlvlmf", "rlvlmf", []),
               "BC (same actor, beta = 0)": ("bc", "none", ["learner.beta=0.0"])}
 
 
-def keep_record(run_dir: Path, record: Path, learner: str, reward: str, seed: int, conf: dict, **extra) -> None:
-    """An embodied-train run's record under ``record``, its run.json naming its condition (the three
-    conditions all run learner=iql: the report groups them by this name) and what the report needs
-    besides (``extra``: the behaviour data's and the labels' figures)."""
-    keep_run(run_dir, record, {"learner": learner, "env": "reach", "reward": reward, "seed": seed, "settings": conf,
-                               **extra})
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -131,8 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
                         f"eval.episodes={episodes}", "eval.video_episodes=0", "wandb.mode=disabled",
                         f"checkpoint.every={updates}", f"learner.actor_lr_steps={updates}", f"run_dir={run_dir}",
                         *extra))
-            keep_record(run_dir, record[learner, seed], learner, reward, seed, conf, behaviour=behaviour,
-                        **({"labeling": label} if reward == "rlvlmf" else {}))
+            # the three conditions all run learner=iql: run.json names the condition for the report to
+            # group by, and keeps the behaviour data's and the labels' figures the table needs
+            keep_run(run_dir, record[learner, seed], {"learner": learner, "env": "reach", "reward": reward, "seed": seed,
+                                                      "settings": conf, "behaviour": behaviour,
+                                                      **({"labeling": label} if reward == "rlvlmf" else {})})
     runs = [str(r) for r in record.values()]
     meta = {s: json.loads((record["iql_rlvlmf", s] / "run.json").read_text()) for s in range(n_seeds)}
     labels = {s: m["labeling"] for s, m in meta.items()}

@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import seeds
-from benchmarks.runner import report_section
+from benchmarks.runner import finished, minutes_per_run, report_section
 
 RESULTS = seeds.RESULTS
 LEARNERS = ("sac", "ppo")
 PATHS = {"local": "local envs (the loop's Driver)", "workers": "2 Ray rollout workers"}
 METRICS = ("eval/success", "eval/return")
+TITLES = {"sac": "SAC defaults on reach, 8,000 env steps",
+          "ppo": "PPO on reach, 2 envs x 512-step rollouts, 16 minibatches, 16,384 env steps"}
 
 
 def records(learner: str, n: int) -> dict[str, list[Path]]:
@@ -40,10 +40,9 @@ def report(learner: str, n: int) -> str | None:
     from embodied.report import make_report
 
     runs = records(learner, n)
-    if not all((r / "result.json").exists() for rs in runs.values() for r in rs):
+    if not finished([r for rs in runs.values() for r in rs]):
         return None
-    title = seeds.STUDIES[f"ray_{learner}_local"][0].replace(", the loop's local env", "").replace(", local envs", "")
-    lines = [f"## {learner.upper()}: Ray rollout workers vs local envs ({n} seeds)", "", f"{title}.", ""]
+    lines = [f"## {learner.upper()}: Ray rollout workers vs local envs ({n} seeds)", "", f"{TITLES[learner]}.", ""]
     for metric in METRICS:
         out = RESULTS / "reports" / "ray_learning" / learner / metric.replace("/", "_")
         make_report([str(r) for rs in runs.values() for r in rs], out, metric=metric, group_by=["train.ray.address"],
@@ -52,8 +51,7 @@ def report(learner: str, n: int) -> str | None:
         lines += [report_section(out), ""]
     lines += ["| envs | minutes per run (mean over seeds) |", "|---|---:|"]
     for path, label in PATHS.items():
-        minutes = np.mean([float((r / "seconds.txt").read_text()) for r in runs[path]]) / 60
-        lines.append(f"| {label} | {minutes:.1f} |")
+        lines.append(f"| {label} | {minutes_per_run(runs[path]):.1f} |")
     return "\n".join(lines) + "\n"
 
 

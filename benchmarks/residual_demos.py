@@ -36,9 +36,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.runner import BIN, ENV, has_record, keep_run, report_section, run_cli
+from benchmarks.runner import BIN, ENV, finished, has_record, keep_run, minutes_per_run, report_section, run_cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -154,7 +152,7 @@ def write_table(n: int) -> str:
              "residual RL over it, `sac` SAC from scratch with the same demos. `benchmarks/residual_demos.py`.", ""]
     for task in TASKS:
         runs = [record(task, m, s) for m in methods(task) for s in range(n)]
-        if not all((r / "result.json").exists() for r in runs):
+        if not finished(runs):
             continue
         out = RESULTS / "reports" / "residual" / task
         compare = ["residual:bc"] + (["residual:sac"] if "sac" in methods(task) else [])
@@ -164,7 +162,7 @@ def write_table(n: int) -> str:
                   "|---|---:|---:|"]
         for m in methods(task):
             made = json.loads((record(task, m, 0) / "run.json").read_text())["settings"]
-            minutes = np.mean([float((record(task, m, s) / "seconds.txt").read_text()) for s in range(n)]) / 60
+            minutes = minutes_per_run([record(task, m, s) for s in range(n)])
             name = "LeRobot ACT base (frozen)" if m == "bc" and TASKS[task].get("base") == "act" else NAMES[m]
             lines.append(f"| {name} (`{m}`) | {made['steps']} | {minutes:.1f} |")
         lines.append("")

@@ -44,21 +44,35 @@ def record_run(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def keep_run(run_dir: Path, record: Path, meta: dict, seconds: float | None = None) -> Path:
-    """An embodied-train run's ``metrics.jsonl`` and ``result.json`` under ``record``, with a
-    ``run.json`` of ``meta`` (``learner``, ``env``, ``reward``, ``seed``: what the report groups by,
-    where a driver names its conditions itself; ``settings``: what :func:`has_record` checks) and
-    the run's composed config as ``config.yaml`` (kept for the reader: the report reads run.json)."""
+def keep_run(run_dir: Path, record: Path, meta: dict | None = None, seconds: float | None = None) -> Path:
+    """An embodied-train run's ``metrics.jsonl`` and ``result.json`` under ``record``, and what says
+    what the run was: without ``meta`` its ``.hydra/`` folder (the report reads the config); with
+    ``meta`` a ``run.json`` of it (``learner``, ``env``, ``reward``, ``seed``: what the report groups
+    by, where a driver names its conditions itself; ``settings``: what :func:`has_record` checks)
+    and the composed config as ``config.yaml``, kept for the reader."""
     partial = partial_record(record)
     for name in ("metrics.jsonl", "result.json"):
         shutil.copy2(run_dir / name, partial / name)
-    if (run_dir / ".hydra" / "config.yaml").exists():
-        shutil.copy2(run_dir / ".hydra" / "config.yaml", partial / "config.yaml")
-    (partial / "run.json").write_text(json.dumps(meta) + "\n")
+    if meta is None:
+        shutil.copytree(run_dir / ".hydra", partial / ".hydra")
+    else:
+        if (run_dir / ".hydra" / "config.yaml").exists():
+            shutil.copy2(run_dir / ".hydra" / "config.yaml", partial / "config.yaml")
+        (partial / "run.json").write_text(json.dumps(meta) + "\n")
     if seconds is not None:
         (partial / "seconds.txt").write_text(f"{seconds:.1f}\n")
     publish(partial, record)
     return record
+
+
+def finished(records: list[Path]) -> bool:
+    """True when every one of ``records`` is whole (``result.json``, written last)."""
+    return all((r / "result.json").exists() for r in records)
+
+
+def minutes_per_run(records: list[Path]) -> float:
+    """Mean wall time of ``records``' runs (their ``seconds.txt``), in minutes."""
+    return sum(float((r / "seconds.txt").read_text()) for r in records) / len(records) / 60
 
 
 def report_section(out: Path) -> str:

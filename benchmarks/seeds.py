@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from benchmarks.runner import BIN, partial_record, publish, run_cli
+from benchmarks.runner import BIN, keep_run, run_cli
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -89,7 +89,6 @@ STUDIES.update({
 # (relative to the repository root), made once with seed 0 by the documented embodied-make-dataset
 DATA = {"lift": ("runs/seeds/_data/lift_demos", ["env=robosuite_lift", "env.pixels=false", "kinds=[scripted]",
                                                  "success_only=true", "steps=4000", "seed=0"])}
-KEEP = (".hydra", "metrics.jsonl", "result.json")  # result.json last: it marks a finished record
 
 
 def run_seed(study: str, seed: int, scratch: Path) -> Path:
@@ -103,15 +102,7 @@ def run_seed(study: str, seed: int, scratch: Path) -> Path:
     cmd = [str(BIN / "embodied-train"), *overrides, f"seed={seed}", "train.threads=1", "eval.video_episodes=0",
            "wandb.mode=disabled", f"run_dir={run_dir}"]
     result = run_cli(cmd, run_dir.with_suffix(".log"))
-    partial = partial_record(record)  # renamed into place once whole
-    for name in KEEP:
-        src = run_dir / name
-        if src.is_dir():
-            shutil.copytree(src, partial / name)
-        else:
-            shutil.copy2(src, partial / name)
-    (partial / "seconds.txt").write_text(f"{result['seconds']:.1f}\n")
-    publish(partial, record)
+    keep_run(run_dir, record, seconds=result["seconds"])
     print(f"{study} seed {seed}: success {result.get('eval/success')} return {result.get('eval/return')} "
           f"in {result['seconds']:.0f} s", flush=True)
     return record

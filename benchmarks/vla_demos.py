@@ -34,9 +34,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.runner import BIN, has_record, keep_run, report_section, run_cli
+from benchmarks.runner import BIN, finished, has_record, keep_run, minutes_per_run, report_section, run_cli
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -108,7 +106,7 @@ def write_table(n: int) -> str:
              ""]
     for steps in budgets():
         runs = [record(m, s, steps) for m in METHODS for s in range(n)]
-        if not all((r / "result.json").exists() for r in runs):
+        if not finished(runs):
             continue
         out = RESULTS / "reports" / "vla" / str(steps)
         make_report([str(r) for r in runs], out, metric="eval/success", group_by=["learner"],
@@ -116,8 +114,7 @@ def write_table(n: int) -> str:
                     title=f"VLA on lang_reach, PPO for {steps:,} env steps from each seed's BC policy: eval/success")
         lines += [report_section(out), "", "| method | minutes per run (mean over seeds) |", "|---|---:|"]
         for m, label in METHODS.items():
-            minutes = np.mean([float((record(m, s, steps) / "seconds.txt").read_text()) for s in range(n)]) / 60
-            lines.append(f"| {label} (`{m}`) | {minutes:.1f} |")
+            lines.append(f"| {label} (`{m}`) | {minutes_per_run([record(m, s, steps) for s in range(n)]):.1f} |")
         lines.append("")
     text = "\n".join(lines) + "\n"
     (RESULTS / "vla_demos.md").write_text(text)

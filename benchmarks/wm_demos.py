@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner import BIN, has_record, keep_run, read_runs, record_run, report_section, run_cli
+from benchmarks.runner import (BIN, finished, has_record, keep_run, minutes_per_run, read_runs, record_run,
+                               report_section, run_cli)
 from benchmarks.stats import iqm_ci
 
 HERE = Path(__file__).resolve().parent
@@ -277,7 +278,7 @@ def _study_report(study: str, n: int) -> list[str]:
     lines = []
     for steps in sorted(budgets):
         runs = {m: [record(study, m, s, steps) for s in range(n)] for m in methods}
-        if not all((r / "result.json").exists() for rs in runs.values() for r in rs):
+        if not finished([r for rs in runs.values() for r in rs]):
             continue
         lines += [f"### {study}, {steps:,} env steps", "", "Methods: " + "; ".join(f"`{m}` {label}" for m, (label, _)
                                                                                   in methods.items()) + ".", ""]
@@ -290,8 +291,7 @@ def _study_report(study: str, n: int) -> list[str]:
                         title=f"{study}, {steps:,} env steps: {metric}")
             lines += [report_section(out), ""]
         lines += ["| method | minutes per run (mean over seeds) |", "|---|---:|"]
-        lines += [f"| `{m}` | {np.mean([float((r / 'seconds.txt').read_text()) for r in runs[m]]) / 60:.0f} |"
-                  for m in methods]
+        lines += [f"| `{m}` | {minutes_per_run(runs[m]):.0f} |" for m in methods]
         lines.append("")
     return lines
 
